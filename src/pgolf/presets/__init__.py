@@ -1,0 +1,37 @@
+"""Named recipes. Each preset is a function returning a `RunConfig`; `get_preset(name)` looks one up.
+
+    pgolf train --preset baseline
+    pgolf train --preset baseline --proxy     # the one-GPU proxy form (DESIGN.md, "The proxy track")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from pgolf.config import RunConfig
+from pgolf.presets import baseline, tiny
+
+PRESETS: dict[str, Callable[[], RunConfig]] = {
+    "baseline": baseline.preset,
+    "tiny": tiny.preset,
+}
+
+
+def get_preset(name: str) -> RunConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]()
+
+
+def proxy_form(cfg: RunConfig, *, batch_tokens: int = 98_304, wallclock_s: float = 90.0) -> RunConfig:
+    """Scale a preset tuned for 8xH100 x 600 s to the one-GPU proxy track: a global batch of
+    98,304 tokens in one micro-batch (hundreds of steps in 90 s) on the proxy corpus, with step-counted
+    horizons (momentum warmup, the baseline's warmdown) shrunk by the same factor as the step count."""
+    scale = batch_tokens / cfg.train.batch_tokens * wallclock_s / max(cfg.train.wallclock_s, 1e-9)
+    steps = lambda n: max(1, round(n * scale)) if n > 0 else n  # noqa: E731
+    train = dataclasses.replace(cfg.train, batch_tokens=batch_tokens, micro_batch_tokens=batch_tokens,
+                                wallclock_s=wallclock_s, warmdown_iters=steps(cfg.train.warmdown_iters))
+    optim = dataclasses.replace(cfg.optim, muon_momentum_warmup_steps=steps(cfg.optim.muon_momentum_warmup_steps))
+    data = dataclasses.replace(cfg.data, corpus="proxy")
+    return dataclasses.replace(cfg, name=cfg.name + "-proxy", train=train, optim=optim, data=data)

@@ -1,0 +1,178 @@
+"""The training loop: warm up the compiler, then train under the wallclock cap.
+
+    pgolf train --preset baseline --set train.wallclock_s=90
+    torchrun --nproc_per_node=8 -m pgolf train --preset baseline
+
+Sections: setup -> compile warm-up (then restore weights, optimizer and loader) -> steps
+(gradient accumulation, DDP sync on the last micro-step, clip after the all-reduce, schedule)
+-> periodic validation with the clock paused -> checkpoints. The stop decision is all-reduced so
+every rank stops on the same step. A non-finite loss stops the run and keeps the last good
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from pgolf.config import RunConfig
+from pgolf.data.dataset import Dataset
+from pgolf.data.loader import TokenLoader
+from pgolf.eval.bpb import ByteLUT
+from pgolf.eval.flat import evaluate_flat
+from pgolf.model.gpt import GPT, cast_for_training
+from pgolf.optim.builder import build_optimizers, muon_momentum_at
+from pgolf.report.runlog import RunLog, fmt_eta, fmt_rate
+from pgolf.train import checkpoint
+from pgolf.train.clock import Clock
+from pgolf.train.runtime import Runtime, seed_everything
+from pgolf.train.schedule import lr_mul
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or inf."""
+
+
+@dataclass
+class TrainResult:
+    model: GPT  # the plain (uncompiled, unwrapped) model with the final weights
+    steps: int
+    train_time_s: float
+    tokens_seen: int
+    epochs: float
+    stopped_by: str  # "wallclock" | "iterations"
+    curve: list[dict] = field(default_factory=list)  # logged train-loss and validation points, in step order
+    peak_mem_bytes: int = 0
+    eval_losses: object = None  # (x, y) -> per-token nats, compiled when train.compile is on
+
+
+def autocast_ctx(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return torch.autocast(device_type="cpu", enabled=False)
+
+
+def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: RunLog, *,
+                resume: bool = False) -> TrainResult:
+    tc = cfg.train
+    seed_everything(tc.seed)
+    model = cast_for_training(GPT(cfg.model), rt.device)
+    compiled: nn.Module = torch.compile(model, dynamic=False, fullgraph=True) if tc.compile else model
+    net: nn.Module = DDP(compiled, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None,
+                         broadcast_buffers=False) if rt.distributed else compiled
+    opt = build_optimizers(model, cfg.optim)
+    accum = tc.grad_accum(rt.world_size)
+    loader = TokenLoader(data.train_files, rank=rt.rank, world_size=rt.world_size, seed=tc.seed)
+    lut = ByteLUT.from_numpy(data.luts, rt.device)
+    eval_losses = torch.compile(model.token_losses, dynamic=False) if tc.compile else model.token_losses
+    log(f"model_params:{sum(p.numel() for p in model.parameters())} world_size:{rt.world_size} grad_accum:{accum} "
+        f"micro_batch_tokens:{tc.micro_batch_tokens} batch_tokens:{tc.batch_tokens} seq_len:{tc.seq_len}")
+
+    def micro_batches():
+        for micro in range(accum):
+            if rt.distributed:
+                net.require_backward_grad_sync = micro == accum - 1
+            yield loader.next_batch(tc.micro_batch_tokens, tc.seq_len, rt.device)
+
+    def one_step(step: int, elapsed: float) -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=rt.device)
+        for x, y in micro_batches():
+            with autocast_ctx(rt.device):
+                loss = net(x, y)
+            total += loss.detach()
+            (loss / accum).backward()
+        opt.set_muon_momentum(muon_momentum_at(step, cfg.optim))
+        opt.set_lr_mul(lr_mul(step, elapsed, tc))
+        if cfg.optim.grad_clip_norm > 0:  # DDP has already averaged the gradients: this is the global norm
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip_norm)
+        opt.step()
+        return total / accum
+
+    # Compile warm-up outside the clock, then restore the true initial state (official train_gpt.py).
+    if tc.warmup_steps > 0:
+        init_model = copy.deepcopy(model.state_dict())
+        init_opt = copy.deepcopy(opt.state_dict())
+        init_loader = loader.state_dict()
+        for i in range(tc.warmup_steps):
+            one_step(i, 0.0)
+        if tc.compile:  # also compile the eval graph before the clock starts
+            evaluate_flat(eval_losses, data.val_tokens, lut, seq_len=tc.seq_len, batch_tokens=cfg.eval.batch_tokens,
+                          device=rt.device, max_tokens=tc.seq_len * 2)
+        model.load_state_dict(init_model)
+        opt.load_state_dict(init_opt)
+        loader.load_state_dict(init_loader)
+        log(f"warmup:{tc.warmup_steps} steps primed, state restored")
+
+    step, curve, elapsed0 = 0, [], 0.0
+    if resume:
+        state = checkpoint.load(run_dir, rt, model, opt, loader)
+        step, curve, elapsed0 = state["step"], state["curve"], state["elapsed_s"]
+        log(f"resumed from {run_dir / checkpoint.MODEL_FILE} at step {step} ({elapsed0:.1f}s trained)")
+
+    train_tokens = max(data.train_token_count(), 1)
+    clock = Clock(rt.device, elapsed0)
+    if rt.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(rt.device)
+    bad = torch.zeros((), dtype=torch.bool, device=rt.device)
+    stopped_by = "iterations"
+    clock.start()
+    last_log_t, last_log_step = clock.elapsed(), step
+    while True:
+        cap_hit = tc.wallclock_s > 0 and clock.elapsed() >= tc.wallclock_s
+        if rt.all_agree(cap_hit):
+            stopped_by = "wallclock"
+            break
+        if step >= tc.iterations:
+            break
+        train_loss = one_step(step, clock.elapsed())
+        bad |= ~torch.isfinite(train_loss)
+        step += 1
+        is_log = step <= 5 or step % tc.log_every == 0
+        is_val = tc.val_every > 0 and step % tc.val_every == 0
+        is_ckpt = tc.checkpoint_every > 0 and step % tc.checkpoint_every == 0
+        if is_log or is_val or is_ckpt or step % 25 == 0:
+            if rt.all_agree(bool(bad.item())):
+                raise TrainingDiverged(
+                    f"non-finite training loss at or before step {step}; the last good checkpoint "
+                    f"(if any) is kept in {run_dir}. Lower the learning rates or enable optim.grad_clip_norm.")
+        if is_log:
+            if rt.distributed:  # report the global mean, not this rank's micro-batches
+                torch.distributed.all_reduce(train_loss, op=torch.distributed.ReduceOp.AVG)
+            now = clock.elapsed()
+            rate = (step - last_log_step) * tc.batch_tokens / max(now - last_log_t, 1e-9)
+            eta = (tc.wallclock_s - now) if tc.wallclock_s > 0 else (tc.iterations - step) * now / max(step, 1)
+            log(f"step:{step}/{tc.iterations} loss:{train_loss.item():.4f} lr_mul:{lr_mul(step, now, tc):.3f} "
+                f"train_time:{now:.1f}s tok/s:{fmt_rate(rate)} epoch:{loader.epochs:.3f} eta:{fmt_eta(eta)}")
+            last_log_t, last_log_step = now, step
+            curve.append({"step": step, "train_time_s": round(now, 3), "train_loss": float(train_loss.item())})
+        if is_val:
+            with clock.paused():
+                res = evaluate_flat(eval_losses, data.val_tokens, lut, seq_len=tc.seq_len,
+                                    batch_tokens=cfg.eval.batch_tokens, device=rt.device, max_tokens=tc.val_max_tokens)
+            point = {"step": step, "train_time_s": round(clock.elapsed(), 3), "val_loss": res.loss,
+                     "val_bpb": res.bpb, "epochs": loader.epochs}
+            curve.append(point)
+            log(f"step:{step} val_loss:{res.loss:.4f} val_bpb:{res.bpb:.4f} train_time:{point['train_time_s']:.1f}s")
+        if is_ckpt:
+            with clock.paused():
+                checkpoint.save(run_dir, rt, model, opt, loader, step=step, elapsed_s=clock.elapsed(), curve=curve)
+    train_time = clock.elapsed()
+    peak = torch.cuda.max_memory_allocated(rt.device) if rt.device.type == "cuda" else 0
+    log(f"stopped:{stopped_by} step:{step} train_time:{train_time:.1f}s epochs:{loader.epochs:.3f}")
+    if tc.checkpoint_every > 0:
+        checkpoint.save(run_dir, rt, model, opt, loader, step=step, elapsed_s=train_time, curve=curve)
+    return TrainResult(model=model, steps=step, train_time_s=train_time, tokens_seen=step * tc.batch_tokens,
+                       epochs=loader.epochs, stopped_by=stopped_by, curve=curve, peak_mem_bytes=int(peak),
+                       eval_losses=eval_losses)
+
+
+def tokens_per_second(result: TrainResult) -> float:
+    return result.tokens_seen / result.train_time_s if result.train_time_s > 0 else math.nan

@@ -1,0 +1,55 @@
+"""Shared fixtures: a tiny byte-level dataset in the official shard format and a tiny run config."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+import torch
+
+from pgolf.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, QuantConfig, RunConfig, TrainConfig
+from pgolf.data.shards import ShardWriter
+from pgolf.data.tokenizer import Byte260Tokenizer
+
+# The suite is many tiny tensor ops on a 2-core machine: one intra-op thread avoids pool contention.
+torch.set_num_threads(1)
+
+WORDS = ("the of and to in a is that for it as with was on be by this are from at or an have not which "
+         "government people nation congress year states united war peace law").split()
+
+
+def make_byte_dataset(path, n_train=120, n_val=30, seed=0, shard_tokens=6000):
+    rng = random.Random(seed)
+    tok = Byte260Tokenizer()
+    for split, n in (("train", n_train), ("val", n_val)):
+        with ShardWriter(path, split, shard_tokens=shard_tokens) as w:
+            for _ in range(n):
+                text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 40))).capitalize() + "."
+                w.add_doc(tok.encode(text))
+    return path
+
+
+@pytest.fixture(scope="session")
+def byte_dataset(tmp_path_factory):
+    return make_byte_dataset(tmp_path_factory.mktemp("byte_ds"))
+
+
+def tiny_run_config(data_dir, runs_dir, **train_kw) -> RunConfig:
+    train = dict(wallclock_s=0.0, iterations=6, batch_tokens=256, micro_batch_tokens=128, seq_len=32,
+                 warmup_steps=0, warmdown_iters=3, log_every=1, compile=False, device="cpu", seed=1)
+    train.update(train_kw)
+    return RunConfig(
+        name="test",
+        data=DataConfig(corpus="demo", tokenizer="byte260", path=str(data_dir)),
+        model=ModelConfig(vocab_size=260, num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1),
+        optim=OptimConfig(muon_momentum_warmup_steps=3),
+        train=TrainConfig(**train),
+        quant=QuantConfig(),
+        eval=EvalConfig(batch_tokens=512),
+        runs_dir=str(runs_dir),
+    )
+
+
+def with_train(cfg: RunConfig, **kw) -> RunConfig:
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **kw))

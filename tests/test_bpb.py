@@ -1,0 +1,46 @@
+import math
+
+import numpy as np
+import torch
+
+from pgolf.eval.bpb import BPBAccumulator, ByteLUT
+from pgolf.eval.flat import evaluate_flat, usable_val_tokens
+
+
+def toy_lut():
+    # ids: 0 <pad>, 1 <s> (boundary), 2 "▁the" (3 bytes + space), 3 "cat" (3), 4 byte-fallback (1), 5 "▁é" (2 + space)
+    base = np.array([0, 0, 3, 3, 1, 2], dtype=np.int16)
+    space = np.array([0, 0, 1, 0, 0, 1], dtype=bool)
+    boundary = np.array([1, 1, 0, 0, 0, 0], dtype=bool)
+    return ByteLUT.from_numpy((base, space, boundary))
+
+
+def test_target_bytes_leading_space_rule():
+    lut = toy_lut()
+    prev = torch.tensor([1, 2, 3, 5, 1])
+    tgt = torch.tensor([2, 3, 5, 4, 1])
+    # "▁the" after BOS: no space charged (3); "cat" 3; "▁é" after "cat": 2+1; byte 1; BOS target 0
+    assert lut.target_bytes(prev, tgt).tolist() == [3, 3, 3, 1, 0]
+
+
+def test_bpb_hand_computed():
+    acc = BPBAccumulator()
+    acc.add(torch.tensor([math.log(2), 2 * math.log(2), 0.5], dtype=torch.float64), torch.tensor([3, 3, 0]))
+    r = acc.result()
+    assert r.tokens == 3 and r.bytes == 6
+    assert math.isclose(r.bpb, (3 * math.log(2) + 0.5) / math.log(2) / 6, rel_tol=1e-12)
+    assert math.isclose(r.loss, (3 * math.log(2) + 0.5) / 3, rel_tol=1e-12)
+
+
+def test_flat_eval_uniform_model_gives_log2_vocab_bits_per_token():
+    lut = toy_lut()
+    V, L = 6, 4
+    stream = np.array([1, 2, 3, 5, 4, 1, 2, 3, 3, 5, 4, 2, 1, 3], dtype=np.uint16)
+    uniform = lambda x, y: torch.full(y.shape, math.log(V), dtype=torch.float64)  # noqa: E731
+    r = evaluate_flat(uniform, stream, lut, seq_len=L, batch_tokens=8, device=torch.device("cpu"))
+    n = usable_val_tokens(len(stream), L)
+    assert n == 13 and r.tokens == 12
+    x, y = torch.tensor(stream[: n - 1].astype(np.int64)), torch.tensor(stream[1:n].astype(np.int64))
+    nbytes = int(lut.target_bytes(x, y).sum())
+    assert r.bytes == nbytes
+    assert math.isclose(r.bpb, 12 * math.log2(V) / nbytes, rel_tol=1e-12)

@@ -1,0 +1,47 @@
+import pytest
+
+from pgolf.config import RunConfig, apply_overrides, from_dict
+from pgolf.presets import PRESETS, get_preset, proxy_form
+
+
+def test_overrides_coerce_types_and_follow_tokenizer():
+    cfg = apply_overrides(RunConfig(), ["train.wallclock_s=90", "model.num_layers=11", "train.compile=false",
+                                       "data.tokenizer=sp8192"])
+    assert cfg.train.wallclock_s == 90.0 and cfg.model.num_layers == 11 and cfg.train.compile is False
+    assert cfg.model.vocab_size == 8192
+
+
+@pytest.mark.parametrize("bad, needle", [("train.nope=1", "train.nope"), ("nosuch.x=1", "nosuch"),
+                                         ("model.num_layers=abc", "model.num_layers"), ("train", "section.field"),
+                                         ("data.tokenizer=sp9999", "data.tokenizer")])
+def test_bad_overrides_name_the_field(bad, needle):
+    with pytest.raises(ValueError, match=needle.replace(".", r"\.")):
+        apply_overrides(RunConfig(), [bad])
+
+
+def test_invalid_values_are_rejected():
+    with pytest.raises(ValueError, match="num_kv_heads"):
+        apply_overrides(RunConfig(), ["model.num_kv_heads=3"])
+    with pytest.raises(ValueError, match="vocab_size"):
+        apply_overrides(RunConfig(), ["model.vocab_size=512"])
+
+
+def test_round_trip_dict_and_presets():
+    for name in PRESETS:
+        cfg = get_preset(name)
+        assert from_dict(cfg.to_dict()) == cfg
+
+
+def test_grad_accum_keeps_global_batch():
+    tc = RunConfig().train
+    assert tc.grad_accum(1) == 8 and tc.grad_accum(8) == 1 and tc.grad_accum(2) == 4
+    with pytest.raises(ValueError, match="batch_tokens"):
+        tc.grad_accum(3)
+
+
+def test_proxy_form_scales_step_horizons():
+    cfg = proxy_form(get_preset("baseline"))
+    assert cfg.train.batch_tokens == 98_304 and cfg.train.micro_batch_tokens == 98_304
+    assert cfg.train.wallclock_s == 90 and cfg.data.corpus == "proxy"
+    # 98,304/524,288 of the tokens per step, 90/600 of the time: step counts shrink by 0.028
+    assert cfg.optim.muon_momentum_warmup_steps == round(500 * 98_304 / 524_288 * 90 / 600)

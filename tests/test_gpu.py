@@ -1,0 +1,40 @@
+"""GPU-only checks (run on the device machine: ``pytest -m gpu``)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from conftest import tiny_run_config
+from pgolf.config import ModelConfig
+from pgolf.model.gpt import GPT, cast_for_training
+
+pytestmark = pytest.mark.gpu
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@needs_cuda
+def test_compiled_forward_matches_eager():
+    torch.manual_seed(0)
+    model = cast_for_training(GPT(ModelConfig()), torch.device("cuda"))
+    for p in model.parameters():
+        p.data.add_(0.01 * torch.randn_like(p))
+    x = torch.randint(0, 1024, (4, 1024), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        eager = model(x, x)
+        compiled = torch.compile(model, dynamic=False, fullgraph=True)(x, x)
+    assert abs(eager.item() - compiled.item()) < 2e-2
+
+
+@needs_cuda
+def test_short_cuda_run_end_to_end(byte_dataset, tmp_path):
+    from pgolf.pipeline import run
+
+    cfg = tiny_run_config(byte_dataset, tmp_path / "runs", iterations=20, compile=True, device="cuda", warmup_steps=2)
+    cfg = dataclasses.replace(cfg, quant=dataclasses.replace(cfg.quant, keep_float_max_numel=256))
+    summary = run(cfg, run_id="gpu")
+    assert summary["valid"] and summary["steps"] == 20
+    assert summary["val_bpb"]["roundtrip"] < 8
+    assert abs(summary["val_bpb"]["roundtrip"] - summary["val_bpb"]["prequant"]) < 0.05

@@ -1,0 +1,144 @@
+"""Training loop: end-to-end run, DDP equivalence, bit-exact resume, divergence handling."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from conftest import make_byte_dataset, tiny_run_config, with_train
+from pgolf.data.dataset import Dataset
+from pgolf.pipeline import run, score_artifact
+from pgolf.report.runlog import RunLog
+from pgolf.train import checkpoint, loop
+from pgolf.train.runtime import init_runtime, shutdown
+
+
+def _train(cfg, run_dir, resume=False):
+    rt = init_runtime("cpu")
+    try:
+        data = Dataset.open(cfg.data, cfg.model.vocab_size)
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        return loop.train_model(cfg, rt, data, Path(run_dir), RunLog(None, enabled=False), resume=resume)
+    finally:
+        shutdown(rt)
+
+
+def _params(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_end_to_end_run_writes_everything(byte_dataset, tmp_path):
+    cfg = tiny_run_config(byte_dataset, tmp_path / "runs", iterations=8, val_every=4)
+    cfg = dataclasses.replace(cfg, quant=dataclasses.replace(cfg.quant, keep_float_max_numel=256))
+    summary = run(cfg, run_id="e2e")
+    run_dir = tmp_path / "runs" / "e2e"
+    for name in ("config.json", "train.log", "summary.json", "artifact.pgz"):
+        assert (run_dir / name).is_file(), name
+    on_disk = json.loads((run_dir / "summary.json").read_text())
+    assert on_disk["steps"] == 8 and on_disk["valid"] is True
+    assert on_disk["bytes"]["model"] == (run_dir / "artifact.pgz").stat().st_size
+    assert on_disk["bytes"]["total"] == on_disk["bytes"]["code"] + on_disk["bytes"]["model"]
+    assert 0 < summary["val_bpb"]["roundtrip"] < 8.5
+    assert [p["step"] for p in summary["curve"] if "val_bpb" in p] == [4, 8]
+    log = (run_dir / "train.log").read_text()
+    assert log.startswith("# pgolf run log") and '"num_layers": 2' in log and "torch=" in log
+    # re-scoring the artifact from disk gives the same number as the run
+    again = score_artifact(run_dir / "artifact.pgz", device="cpu", batch_tokens=512)
+    assert again["val_bpb"] == pytest.approx(summary["val_bpb"]["roundtrip"], rel=1e-9)
+    with pytest.raises(FileExistsError):
+        run(cfg, run_id="e2e")
+
+
+def test_training_lowers_the_loss(byte_dataset, tmp_path):
+    res = _train(tiny_run_config(byte_dataset, tmp_path, iterations=30, warmdown_iters=0), tmp_path / "r")
+    losses = [p["train_loss"] for p in res.curve if "train_loss" in p]
+    assert losses[-1] < losses[0] - 1.0
+
+
+def test_resume_is_bit_exact(byte_dataset, tmp_path, monkeypatch):
+    cfg = tiny_run_config(byte_dataset, tmp_path, iterations=6, checkpoint_every=3)
+    straight = _params(_train(cfg, tmp_path / "straight").model)
+
+    real_save = checkpoint.save
+    snap = tmp_path / "at3"
+
+    def save_and_snapshot(run_dir, rt, model, opt, loader, *, step, elapsed_s, curve):
+        real_save(run_dir, rt, model, opt, loader, step=step, elapsed_s=elapsed_s, curve=curve)
+        if step == 3:
+            shutil.copytree(run_dir, snap)
+
+    monkeypatch.setattr(checkpoint, "save", save_and_snapshot)
+    _train(cfg, tmp_path / "interrupted")
+    monkeypatch.setattr(checkpoint, "save", real_save)
+    resumed = _train(cfg, snap, resume=True)
+    assert resumed.steps == 6
+    for k, v in straight.items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(byte_dataset, tmp_path, monkeypatch):
+    cfg = tiny_run_config(byte_dataset, tmp_path, iterations=20, checkpoint_every=2, log_every=100)
+    from pgolf.model.gpt import GPT
+
+    real_forward, calls = GPT.forward, {"n": 0}
+
+    def poisoned(self, x, y):
+        calls["n"] += 1
+        loss = real_forward(self, x, y)
+        return loss * float("nan") if calls["n"] > 2 * 5 else loss  # 2 micro-steps per step: NaN from step 6
+
+    monkeypatch.setattr(GPT, "forward", poisoned)
+    with pytest.raises(loop.TrainingDiverged, match="non-finite"):
+        _train(cfg, tmp_path / "nan")
+    state = torch.load(tmp_path / "nan" / checkpoint.MODEL_FILE, weights_only=False)
+    assert state["step"] == 4
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, data_dir, out_dir, cfg_dict):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    from pgolf.config import from_dict
+
+    torch.set_num_threads(1)
+    cfg = from_dict(cfg_dict)
+    rt = init_runtime("cpu")
+    try:
+        data = Dataset.open(cfg.data, cfg.model.vocab_size)
+        res = loop.train_model(cfg, rt, data, Path(out_dir), RunLog(None, enabled=False))
+        if rank == 0:
+            torch.save({"params": _params(res.model), "curve": res.curve}, Path(out_dir) / "ddp.pt")
+    finally:
+        shutdown(rt)
+
+
+@pytest.mark.parametrize("clip", [0.0, 0.05])
+def test_two_process_gloo_equals_one_process_with_accumulation(tmp_path, clip):
+    data = make_byte_dataset(tmp_path / "ds")
+    cfg = tiny_run_config(data, tmp_path, iterations=4)  # batch 256 = 2 micro-batches of 128
+    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, grad_clip_norm=clip))
+    single = _train(cfg, tmp_path / "one")
+    assert cfg.train.grad_accum(1) == 2 and cfg.train.grad_accum(2) == 1
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(data), str(tmp_path), cfg.to_dict()), nprocs=2, join=True)
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=False)
+    one = [p["train_loss"] for p in single.curve if "train_loss" in p]
+    two = [p["train_loss"] for p in ddp["curve"] if "train_loss" in p]
+    assert len(one) == len(two) == 4
+    for a, b in zip(one, two):
+        assert abs(a - b) < 1e-5
+    for k, v in single.model.state_dict().items():
+        torch.testing.assert_close(ddp["params"][k], v, atol=1e-5, rtol=1e-4)
