@@ -59,6 +59,8 @@ class ModelConfig:
     logit_softcap: float = 30.0
     rope_base: float = 10000.0
     qk_gain_init: float = 1.5
+    # --- attention techniques (each off by default; fields added here, validated in __post_init__) ---
+    # --- MLP, residual stream, token mixing, head and init techniques (each off by default) ---
 
     def __post_init__(self) -> None:
         if self.model_dim % self.num_heads:
@@ -99,6 +101,7 @@ class OptimConfig:
     beta2: float = 0.95
     adam_eps: float = 1e-8
     grad_clip_norm: float = 0.0  # 0 = off
+    # --- optimizer techniques (each off by default) ---
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,6 +126,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between checkpoints (0 = only the final one)
     compile: bool = True
     device: str = "auto"  # auto | cpu | cuda
+    # --- training techniques: averaging, QAT, loaders, kernels (each off by default) ---
 
     def __post_init__(self) -> None:
         if self.batch_tokens % self.seq_len or self.micro_batch_tokens % self.seq_len:
@@ -153,6 +157,7 @@ class QuantConfig:
     clip_percentile: float = 99.99984
     keep_float_max_numel: int = 65_536  # tensors this small are stored as floats
     codec: str = "zlib"
+    # --- quantization and coding techniques (each off by default) ---
 
     def __post_init__(self) -> None:
         _check_choice("quant.scheme", self.scheme, ("int8_rowwise",))

@@ -3,12 +3,13 @@
     pgolf train --preset baseline --set train.wallclock_s=90      # writes runs/<id>/
     pgolf eval runs/<id>/artifact.pgz                              # re-score an artifact
 
-``runs/<id>/`` holds config.json (resolved config), train.log, summary.json, artifact.pgz and,
-when enabled, checkpoints. The final BPB always comes from the artifact read back from disk.
+``runs/<id>/`` holds config.json (resolved config), train.log, summary.json, artifact.pgz,
+model_fp32.pt (the trained float weights, for comparing export schemes) and, when enabled, checkpoints. The final BPB always comes from the artifact read back from disk.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from pgolf.eval.flat import evaluate_flat
 from pgolf.export.artifact import read_artifact, write_artifact
 from pgolf.export.budget import ByteBudget
 from pgolf.export.code import shipped_code_bytes
-from pgolf.fileio import atomic_write_json
+from pgolf.fileio import atomic_write_bytes, atomic_write_json
 from pgolf.model.gpt import GPT, cast_for_training, control_param
 from pgolf.quant.int8 import dequantize_state_dict, quantize_state_dict
 from pgolf.report.runlog import RunLog, versions
@@ -75,7 +76,8 @@ def _run(cfg: RunConfig, rt: Runtime, *, run_id: str | None, resume_dir: str | N
 
     artifact_path = run_dir / ARTIFACT
     code = shipped_code_bytes()
-    if rt.is_main:
+    if rt.is_main:  # the float weights, kept so that export schemes can be compared later without retraining
+        atomic_write_bytes(run_dir / "model_fp32.pt", _state_bytes(result.model))
         qs = quantize_state_dict(result.model.state_dict(), cfg.quant,
                                  keep_fp32=lambda n: control_param(n, result.model.state_dict()[n]))
         write_artifact(artifact_path, qs, codec=cfg.quant.codec,
@@ -99,6 +101,13 @@ def _run(cfg: RunConfig, rt: Runtime, *, run_id: str | None, resume_dir: str | N
         atomic_write_json(run_dir / "summary.json", summary)
     log(f"summary:{run_dir / 'summary.json'}")
     return summary
+
+
+def _state_bytes(model) -> bytes:
+    buf = io.BytesIO()
+    torch.save({k: v.detach().float().cpu() if v.is_floating_point() else v.cpu()
+                for k, v in model.state_dict().items()}, buf)
+    return buf.getvalue()
 
 
 def _broadcast_run_id(rt: Runtime, run_id: str) -> str:

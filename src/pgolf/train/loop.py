@@ -82,6 +82,7 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
             yield loader.next_batch(tc.micro_batch_tokens, tc.seq_len, rt.device)
 
     def one_step(step: int, elapsed: float) -> torch.Tensor:
+        model.set_progress(elapsed / tc.wallclock_s if tc.wallclock_s > 0 else step / max(tc.iterations, 1))
         opt.zero_grad(set_to_none=True)
         total = torch.zeros((), device=rt.device)
         for x, y in micro_batches():
@@ -165,6 +166,7 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
             with clock.paused():
                 checkpoint.save(run_dir, rt, model, opt, loader, step=step, elapsed_s=clock.elapsed(), curve=curve)
     train_time = clock.elapsed()
+    model.set_progress(1.0)
     peak = torch.cuda.max_memory_allocated(rt.device) if rt.device.type == "cuda" else 0
     log(f"stopped:{stopped_by} step:{step} train_time:{train_time:.1f}s epochs:{loader.epochs:.3f}")
     if tc.checkpoint_every > 0:
