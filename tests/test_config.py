@@ -43,5 +43,6 @@ def test_proxy_form_scales_step_horizons():
     cfg = proxy_form(get_preset("baseline"))
     assert cfg.train.batch_tokens == 98_304 and cfg.train.micro_batch_tokens == 98_304
     assert cfg.train.wallclock_s == 90 and cfg.data.corpus == "proxy"
-    # 98,304/524,288 of the tokens per step, 90/600 of the time: step counts shrink by 0.028
-    assert cfg.optim.muon_momentum_warmup_steps == round(500 * 98_304 / 524_288 * 90 / 600)
+    # one GPU instead of 8, 90 of 600 s, 524,288/98,304 more steps per token: 0.1 of the steps
+    assert cfg.optim.muon_momentum_warmup_steps == round(500 * 90 / 600 * 524_288 / 98_304 / 8) == 50
+    assert cfg.train.warmdown_iters == 120

@@ -176,7 +176,7 @@ def test_gcide_strip_and_index():
 
     assert b64("B+") == 126 and b64(enc(len(data))) == len(data)
     o2, n1, n2 = len(first) + 1, len(first), len(second)
-    index = "\n".join([f"00-database-url\tA\tF", f"Calorie\tA\t{enc(n1)}", f"Calorifere\t{enc(o2)}\t{enc(n2)}",
+    index = "\n".join(["00-database-url\tA\tF", f"Calorie\tA\t{enc(n1)}", f"Calorifere\t{enc(o2)}\t{enc(n2)}",
                        f"Calorifer\t{enc(o2)}\t{enc(n2)}"])
     ents = entries(index, data)
     assert [h for h, _ in ents] == ["Calorie", "Calorifere"]  # distinct entries, database info skipped

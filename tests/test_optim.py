@@ -346,8 +346,8 @@ def test_builder_groups_and_setters():
     opt.set_muon_momentum(0.93)
     assert opt.muon.param_groups[0]["momentum"] == 0.93
     assert len(opt.summary()) == 4
-    with pytest.raises(ValueError, match="wd_key='embed_wd' is not a field of OptimConfig"):
-        build_optimizers(model, cfg, policy_rows=replace_row(baseline_policy(False), "lm_head", wd_key="embed_wd"))
+    with pytest.raises(ValueError, match="wd_key='no_such_wd' is not a field of OptimConfig"):
+        build_optimizers(model, cfg, policy_rows=replace_row(baseline_policy(False), "lm_head", wd_key="no_such_wd"))
 
 
 def test_adam_half_matches_torch_adamw():

@@ -7,6 +7,7 @@
     pgolf train --preset baseline --proxy                         # the one-GPU proxy form
     pgolf train --resume runs/<id>                                # continue from the last checkpoint
     pgolf eval runs/<id>/artifact.pgz                             # re-score an artifact from disk
+    pgolf inspect runs/<id>/artifact.pgz                          # where the bytes go (table + bar chart PNG)
     pgolf presets                                                 # list presets
 """
 
@@ -45,6 +46,21 @@ def cmd_eval(args) -> int:
     res = score_artifact(args.artifact, data_dir=args.data_dir, device=args.device)
     print(json.dumps(res, indent=2))
     return 0
+
+
+def cmd_inspect(args) -> int:
+    from pathlib import Path
+
+    from pgolf.export.inspect import format_report, inspect_artifact
+    from pgolf.fileio import atomic_write_json
+
+    png = args.png or str(Path(args.artifact).with_suffix(".bytes.png"))
+    rep = inspect_artifact(args.artifact, fp32=args.fp32, png=png)
+    print(format_report(rep, max_rows=args.top))
+    print(f"chart: {rep['png']}")
+    if args.json:
+        atomic_write_json(args.json, rep)
+    return 0 if rep["bytes"]["headroom"] >= 0 else 2
 
 
 def cmd_data_build(args) -> int:
@@ -120,6 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("demo", help="the whole pipeline on the embedded demo corpus (CPU friendly)")
     m.add_argument("--wallclock-s", type=float, default=None)
     m.set_defaults(func=cmd_demo)
+
+    ins = sub.add_parser("inspect", help="per-tensor bytes, errors and a bar chart of an artifact")
+    ins.add_argument("artifact")
+    ins.add_argument("--fp32", default=None, help="float weights to measure errors against "
+                                                  "(default: model_fp32.pt next to the artifact)")
+    ins.add_argument("--png", default=None, help="chart path (default: <artifact>.bytes.png)")
+    ins.add_argument("--json", default=None, help="also write the report as JSON")
+    ins.add_argument("--top", type=int, default=0, help="list only the N largest tensors")
+    ins.set_defaults(func=cmd_inspect)
 
     pr = sub.add_parser("presets", help="list presets")
     pr.set_defaults(func=cmd_presets)

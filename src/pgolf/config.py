@@ -60,7 +60,42 @@ class ModelConfig:
     rope_base: float = 10000.0
     qk_gain_init: float = 1.5
     # --- attention techniques (each off by default; fields added here, validated in __post_init__) ---
+    # Checked in _check_attention_techniques; formulas and PRs in model/attention.py, attn_rope.py, attn_backends.py.
+    rope_dims: int = 0  # partial RoPE: rotate only the first k dims of each head; 0 = all (PR #315/#287; TOP 16)
+    rope_scaling: str = "none"  # none | ntk | yarn: stretch RoPE when T > rope_train_seq_len (eval at longer context)
+    rope_train_seq_len: int = 1024  # the training length L that rope_scaling stretches from (set it to train.seq_len)
+    # The official baseline builds its RoPE tables in bf16 (its inv_freq buffer is cast by .bfloat16()), which rounds
+    # positions above 256 and angles; True reproduces that for a like-for-like comparison with train_gpt.py.
+    rope_bf16_tables: bool = False
+    xsa_layers: str = "none"  # exclusive self-attention layer pattern: none | all | last:4 ... (arXiv:2603.09078)
+    xsa_gated: bool = False  # XSA removal times tanh(xsa_alpha_h), alpha = 0: starts OFF (PR #2018/#2123)
+    attn_out_gate_width: int = 0  # AttnOutGate y_h * 2 sigmoid(W x[:w]), W = 0; 0 off (#1880: 12, #1969: 32)
+    sparse_attn_gate_width: int = 0  # SparseAttnGate y_h * sigmoid(s W x[:w]), W = 0 -> x0.5 at init; 0 off (TOP 12)
+    sparse_attn_gate_scale: float = 1.0  # s of SparseAttnGate (TOP 0.5)
+    gated_attn: bool = False  # dense gated attention y_h * sigmoid(W x), Qwen G1 (arXiv:2505.06708; PR #1736)
+    gated_attn_init_std: float = 0.005  # std of the dense gate's W
+    gated_attn_quant_gate: bool = False  # export: attn_gate_w as int8 per row (#2123); read by the quantizer
+    doc_isolated: bool = False  # no attention across a BOS (bos_id) boundary, train and eval (VarLen, PR #1530)
+    attn_backend: str = "sdpa"  # sdpa | flex | fa3 (optional FlashAttention-3; never required)
     # --- MLP, residual stream, token mixing, head and init techniques (each off by default) ---
+    # Checked in _check_stack_techniques; formulas and PRs in the model modules (mlp, block, gpt, embed, recurrence).
+    mlp_act: str = "relu2"  # relu2 | leaky_relu2 (PR #493; TOP, #1880, #1969) | swiglu (PR #2, width-matched)
+    mlp_leaky_slope: float = 0.5  # leaky_relu2 slope: 0.5 (TOP, #1880, #1969), 0.3 (#2123)
+    skip_gates: bool = False  # U-Net skip gates x <- lerp(w*skip, x, sigmoid(g)), g = 0 (PR #1089; TOP)
+    ln_scale: bool = False  # norm output of physical layer i times 1/sqrt(i+1) (PR #287/#315; TOP)
+    parallel_start_layer: int = -1  # two residual lanes from this physical layer on; -1 off (TOP 8, #1880 7)
+    parallel_final_lane: str = "mean"  # mean | attn | mlp: lanes that make the final hidden state (TOP mean)
+    num_loops: int = 0  # depth recurrence: extra passes over loop_start..loop_end; 0 off (TOP, #1880, #1969: 2)
+    loop_start: int = -1  # first looped physical layer (TOP 3); -1 with num_loops 0
+    loop_end: int = -1  # last looped physical layer, inclusive (TOP 5)
+    loop_enable_at: float = 0.0  # training fraction from which the loops run (TOP, #1880: 0.35)
+    smear_gate: str = "none"  # none | v1 (#102: per-dim gate after the norm) | bos_fixed (#1880/#1855: TOP)
+    smear_gate_width: int = 12  # bos_fixed gate input width (12 TOP/#1880, 32 in #1969)
+    bos_id: int = 1  # BOS id of every pgolf tokenizer (sp*, byte260): marks document starts
+    bigram_buckets: int = 0  # BigramHash rows; 0 off (2048..10240 in the March records)
+    bigram_dim: int = 128  # BigramHash row width, projected to model_dim
+    init: str = "default"  # default (PyTorch) | orthogonal (#102 lineage; TOP)
+    embed_init: str = "normal"  # normal | overtone (2026-03-19 Overtone record)
 
     def __post_init__(self) -> None:
         if self.model_dim % self.num_heads:
@@ -73,6 +108,83 @@ class ModelConfig:
             raise ValueError(f"model.logit_softcap must be positive, got {self.logit_softcap}")
         if self.num_layers < 1 or self.vocab_size < 2:
             raise ValueError("model.num_layers must be >= 1 and model.vocab_size >= 2")
+        self._check_stack_techniques()
+        self._check_attention_techniques()
+
+    def _check_attention_techniques(self) -> None:
+        """Attention fields (the "attention techniques" section)."""
+        from pgolf.model.patterns import parse_layers
+
+        hd = self.head_dim
+        if self.rope_dims and not (2 <= self.rope_dims <= hd and self.rope_dims % 2 == 0):
+            raise ValueError(f"model.rope_dims={self.rope_dims} must be 0 (all) or an even number in [2, head_dim={hd}]")
+        _check_choice("model.rope_scaling", self.rope_scaling, ("none", "ntk", "yarn"))
+        if self.rope_train_seq_len < 1:
+            raise ValueError(f"model.rope_train_seq_len must be >= 1, got {self.rope_train_seq_len}")
+        if self.rope_scaling == "ntk" and (self.rope_dims or hd) <= 2:
+            raise ValueError("model.rope_scaling='ntk' needs more than 2 rotated dims (base * s^(k/(k-2))); "
+                             f"model.rope_dims={self.rope_dims}")
+        xsa = parse_layers(self.xsa_layers, self.num_layers, field="model.xsa_layers")
+        if self.xsa_gated and not any(xsa):
+            raise ValueError(f"model.xsa_gated=True needs XSA layers, but model.xsa_layers={self.xsa_layers!r}")
+        for name in ("attn_out_gate_width", "sparse_attn_gate_width"):
+            w = getattr(self, name)
+            if not 0 <= w <= self.model_dim:
+                raise ValueError(f"model.{name}={w} must be 0 (off) or in [1, model_dim={self.model_dim}]")
+        gates = [n for n, on in (("attn_out_gate_width", self.attn_out_gate_width > 0),
+                                 ("sparse_attn_gate_width", self.sparse_attn_gate_width > 0),
+                                 ("gated_attn", self.gated_attn)) if on]
+        if len(gates) > 1:
+            raise ValueError(f"model.{' and model.'.join(gates)} are mutually exclusive attention output gates: "
+                             "turn on at most one")
+        if not self.sparse_attn_gate_scale > 0:
+            raise ValueError(f"model.sparse_attn_gate_scale must be positive, got {self.sparse_attn_gate_scale}")
+        if not self.gated_attn_init_std >= 0:
+            raise ValueError(f"model.gated_attn_init_std must be >= 0, got {self.gated_attn_init_std}")
+        if self.gated_attn_quant_gate and not gates:
+            raise ValueError("model.gated_attn_quant_gate=True quantizes attn_gate_w, which only exists with "
+                             "model.gated_attn, model.sparse_attn_gate_width or model.attn_out_gate_width")
+        _check_choice("model.attn_backend", self.attn_backend, ("sdpa", "flex", "fa3"))
+
+    def _check_stack_techniques(self) -> None:
+        """MLP, residual-stream, token-mixing and init fields (the section above)."""
+        L = self.num_layers
+        if self.mlp_mult <= 0 or self.mlp_hidden < 1:
+            raise ValueError(f"model.mlp_mult must be positive, got {self.mlp_mult}")
+        _check_choice("model.mlp_act", self.mlp_act, ("relu2", "leaky_relu2", "swiglu"))
+        if not 0.0 <= self.mlp_leaky_slope < 1.0:
+            raise ValueError(f"model.mlp_leaky_slope must be in [0, 1), got {self.mlp_leaky_slope}")
+        if self.num_loops < 0:
+            raise ValueError(f"model.num_loops must be >= 0, got {self.num_loops}")
+        if self.num_loops == 0 and (self.loop_start, self.loop_end) != (-1, -1):
+            raise ValueError(f"model.loop_start={self.loop_start}/model.loop_end={self.loop_end} are set but "
+                             "model.num_loops=0: set num_loops > 0 or leave both at -1")
+        if self.num_loops > 0 and not 0 <= self.loop_start <= self.loop_end < L:
+            raise ValueError(f"model.loop_start={self.loop_start}, model.loop_end={self.loop_end} must satisfy "
+                             f"0 <= loop_start <= loop_end < num_layers={L} when model.num_loops > 0")
+        if not 0.0 <= self.loop_enable_at <= 1.0:
+            raise ValueError(f"model.loop_enable_at must be in [0, 1], got {self.loop_enable_at}")
+        psl = self.parallel_start_layer
+        if psl != -1 and not L // 2 <= psl < L:
+            raise ValueError(f"model.parallel_start_layer={psl} must be -1 or a decoder layer in [{L // 2}, {L - 1}]")
+        if psl != -1 and self.num_loops > 0 and psl <= self.loop_end:
+            raise ValueError(f"model.parallel_start_layer={psl} must come after the looped layers "
+                             f"(model.loop_end={self.loop_end})")
+        _check_choice("model.parallel_final_lane", self.parallel_final_lane, ("mean", "attn", "mlp"))
+        _check_choice("model.smear_gate", self.smear_gate, ("none", "v1", "bos_fixed"))
+        if self.smear_gate == "v1" and getattr(self, "doc_isolated", False):
+            raise ValueError("model.smear_gate='v1' blends the previous document's last token into a BOS; "
+                             "with model.doc_isolated use model.smear_gate='bos_fixed'")
+        if not 1 <= self.smear_gate_width <= self.model_dim:
+            raise ValueError(f"model.smear_gate_width must be in [1, model_dim={self.model_dim}], "
+                             f"got {self.smear_gate_width}")
+        if not 0 <= self.bos_id < self.vocab_size:
+            raise ValueError(f"model.bos_id={self.bos_id} is not a token id (vocab_size={self.vocab_size})")
+        if self.bigram_buckets == 1 or self.bigram_buckets < 0 or self.bigram_dim < 1:
+            raise ValueError(f"model.bigram_buckets must be 0 (off) or >= 2 and model.bigram_dim >= 1, got "
+                             f"{self.bigram_buckets} and {self.bigram_dim}")
+        _check_choice("model.init", self.init, ("default", "orthogonal"))
+        _check_choice("model.embed_init", self.embed_init, ("normal", "overtone"))
 
     @property
     def head_dim(self) -> int:
@@ -102,6 +214,15 @@ class OptimConfig:
     adam_eps: float = 1e-8
     grad_clip_norm: float = 0.0  # 0 = off
     # --- optimizer techniques (each off by default) ---
+    # Checked by pgolf.optim.builder.check_optim_techniques; formulas and PRs in optim/muon.py and optim/builder.py.
+    muon_ns: str = "ns5"  # ns5 | polar_express (per-step coefficients, arXiv:2505.16932; TOP)
+    muon_row_normalize: bool = False  # MuonEq-R: rows of the update / their L2 norm before NS (arXiv:2603.28254)
+    muon_wd: float = 0.0  # decoupled Muon WD: p *= 1 - lr*wd, lr scheduled (TOP 0.095)
+    embed_wd: float = 0.0  # AdamW WD on the token embedding (TOP 0.085)
+    adam_wd: float = 0.0  # AdamW WD on control tensors / scalars (TOP 0.02)
+    wd_taper_start_frac: float = 0.7  # tapered Muon WD: x1 until this fraction of the run ...
+    wd_taper_final_mul: float = 1.0  # ... then linear to x this at the end (1.0 = off; 2026-04-18 record: 0.5)
+    muon_momentum_warmup_frac: float = 0.0  # > 0: momentum warmup over this fraction of the run, not steps
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,6 +248,14 @@ class TrainConfig:
     compile: bool = True
     device: str = "auto"  # auto | cpu | cuda
     # --- training techniques: averaging, QAT, loaders, kernels (each off by default) ---
+    # Checked by pgolf.train.schedule.check_train_techniques; formulas in train/{schedule,ema,qat}.py, data/loaders_*.py.
+    lr_warmup_frac: float = 0.0  # linear LR warmup over this fraction of the run (0 = none, as the records)
+    ema_decay: float = 0.0  # EMA of all weights, applied before scoring/export (0 = off; TOP 0.9965)
+    swa_every: int = 0  # SWA: average a snapshot every k steps ... (0 = off; 03-20 records: 50)
+    swa_start_lr_mul: float = 0.2  # ... once lr_mul < this (03-25: 0.2, 03-20: 0.4)
+    qat_bits: int = 0  # late STE QAT of block matrices at this many bits, per-row (0 = off; 03-22: 6)
+    qat_start_lr_mul: float = 0.15  # QAT switches on (and stays on) once lr_mul < this; > 1 = from step 0
+    loader: str = "stream"  # stream (baseline) | coprime (PR #1060) | docpack (TOP)
 
     def __post_init__(self) -> None:
         if self.batch_tokens % self.seq_len or self.micro_batch_tokens % self.seq_len:
@@ -158,10 +287,48 @@ class QuantConfig:
     keep_float_max_numel: int = 65_536  # tensors this small are stored as floats
     codec: str = "zlib"
     # --- quantization and coding techniques (each off by default) ---
+    # scheme="mixed" switches to pgolf.quant.export (per-class row quantization); the fields below act only then,
+    # except codec/compressor/byte_shuffle (any scheme) and gptq_reserve_s (the training loop).
+    matrix_bits: int = 8  # block matrices, 2..8 (TOP: 6)
+    embed_bits: int = 8  # tok_emb / lm_head: 2..8, or 16 = fp16 (TOP: 7)
+    asym: bool = False  # asymmetric rows (zero point) instead of symmetric
+    clip: str = "percentile"  # percentile (uses clip_percentile) | search (GPTQ-lite) | sdclip (PR #1394) | absmax
+    clip_k_attn: float = 13.0  # SDClip k per tensor class (TOP values)
+    clip_k_mlp: float = 11.5
+    clip_k_embed: float = 14.0
+    clip_k_other: float = 12.85
+    control_dtype: str = "float32"  # control tensors: float32 | float16 | int8 (TOP: float16)
+    gate_int8: bool = False  # attn_gate tensors int8 per row (PR #1736 / #2123 "quant gate")
+    pack_bits: bool = False  # pack 2..7-bit codes densely
+    byte_shuffle: int = 0  # byte-shuffle stride before the codec (0 = off; PR #1089 uses 2)
+    compressor: str = "single"  # single (one codec) | pergroup (best codec per tensor group, TOP)
+    gptq: bool = False  # full-Hessian GPTQ (needs calibration batches)
+    gptq_block: int = 128
+    gptq_damp: float = 0.01
+    gptq_act_order: bool = True
+    gptq_calib_batches: int = 16
+    gptq_reserve_s: float = 0.0  # taken off train.wallclock_s for Hessian collection (PR #1855)
+    lqer_rank: int = 0  # LQER low-rank error correction (PR #1797); 0 = off
+    lqer_top_k: int = 3
+    lqer_group: int = 64
+    lqer_asym: bool = True  # A int2 + B int4 per group; False = both at lqer_factor_bits per row
+    lqer_factor_bits: int = 4
+    lqer_whiten: bool = False  # SVD of E·chol(H): optimal for the layer output (SVD-LLM whitening); needs calibration
+    awq_top_k: int = 0  # AWQ-lite (PR #1908): salient column groups kept on the awq_bits grid; 0 = off
+    awq_group: int = 64
+    awq_bits: int = 8
+    fit_budget: bool = False  # budget fitter: scale the clip step (and prune ±1) to land just under the limit
+    fit_alpha_min: float = 0.5
+    fit_alpha_max: float = 4.0
+    fit_max_iters: int = 10
+    fit_tolerance_bytes: int = 20_000  # stop once this close under the limit
 
     def __post_init__(self) -> None:
-        _check_choice("quant.scheme", self.scheme, ("int8_rowwise",))
+        _check_choice("quant.scheme", self.scheme, ("int8_rowwise", "mixed"))
         _check_choice("quant.codec", self.codec, ("zlib", "lzma", "zstd", "brotli"))
+        from pgolf.quant.options import check_quant_config  # noqa: PLC0415 (torch-free; validates the fields above)
+
+        check_quant_config(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -193,6 +360,11 @@ class RunConfig:
             raise ValueError(
                 f"model.vocab_size={self.model.vocab_size} does not match data.tokenizer={self.data.tokenizer} "
                 f"({self.data.vocab_size} ids)"
+            )
+        if self.model.rope_scaling != "none" and self.model.rope_train_seq_len != self.train.seq_len:
+            raise ValueError(
+                f"model.rope_scaling={self.model.rope_scaling!r} stretches RoPE from model.rope_train_seq_len="
+                f"{self.model.rope_train_seq_len}, which must equal train.seq_len={self.train.seq_len}"
             )
 
     def to_dict(self) -> dict[str, Any]:

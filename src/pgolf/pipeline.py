@@ -25,7 +25,10 @@ from pgolf.export.budget import ByteBudget
 from pgolf.export.code import shipped_code_bytes
 from pgolf.fileio import atomic_write_bytes, atomic_write_json
 from pgolf.model.gpt import GPT, cast_for_training, control_param
-from pgolf.quant.int8 import dequantize_state_dict, quantize_state_dict
+from pgolf.quant.calib import training_batches
+from pgolf.quant.export import export_model
+from pgolf.quant.int8 import dequantize_state_dict
+from pgolf.quant.options import payload_codec
 from pgolf.report.runlog import RunLog, versions
 from pgolf.train.loop import TrainResult, train_model
 from pgolf.train.runtime import Runtime, init_runtime, shutdown
@@ -73,16 +76,23 @@ def _run(cfg: RunConfig, rt: Runtime, *, run_id: str | None, resume_dir: str | N
     t0 = time.perf_counter()
     pre = score(result.eval_losses)
     log(f"prequant val_loss:{pre.loss:.4f} val_bpb:{pre.bpb:.4f} eval_time:{time.perf_counter() - t0:.1f}s")
+    pre_last = pre  # last-step weights; with EMA/SWA (train/ema.py) the averaged weights are scored and exported
+    if result.averager is not None and result.averager.apply_to(result.model):
+        t0 = time.perf_counter()
+        pre = score(result.eval_losses)
+        log(f"prequant_post_{result.averager.kind} val_loss:{pre.loss:.4f} val_bpb:{pre.bpb:.4f} "
+            f"eval_time:{time.perf_counter() - t0:.1f}s")
 
     artifact_path = run_dir / ARTIFACT
     code = shipped_code_bytes()
     if rt.is_main:  # the float weights, kept so that export schemes can be compared later without retraining
         atomic_write_bytes(run_dir / "model_fp32.pt", _state_bytes(result.model))
-        qs = quantize_state_dict(result.model.state_dict(), cfg.quant,
-                                 keep_fp32=lambda n: control_param(n, result.model.state_dict()[n]))
-        write_artifact(artifact_path, qs, codec=cfg.quant.codec,
-                       meta={"preset": cfg.name, "seq_len": cfg.eval.seq_len or cfg.train.seq_len, **{k: v for k, v in cfg.to_dict().items()
-                                                            if k in ("model", "quant", "data")}})
+        meta = {"preset": cfg.name, "seq_len": cfg.eval.seq_len or cfg.train.seq_len,
+                **{k: v for k, v in cfg.to_dict().items() if k in ("model", "quant", "data")}}
+        # quant.scheme=int8_rowwise is the baseline's quantize_state_dict, unchanged (pgolf.quant.export)
+        qs = export_model(result.model, cfg.quant, calib=training_batches(cfg, data, rt.device),
+                          byte_limit=cfg.budget_bytes - code, meta=meta, log=log)
+        write_artifact(artifact_path, qs, codec=payload_codec(cfg.quant), meta=meta)
     rt.barrier()
     budget = ByteBudget(code_bytes=code, model_bytes=artifact_path.stat().st_size, limit=cfg.budget_bytes)
     t0 = time.perf_counter()
@@ -96,7 +106,7 @@ def _run(cfg: RunConfig, rt: Runtime, *, run_id: str | None, resume_dir: str | N
         log(f"INVALID: the artifact is {budget.total - budget.limit} bytes over the {budget.limit}-byte limit")
 
     summary = build_summary(cfg, rt, data, result, pre, rt_score, budget, eval_time, run_dir,
-                            wall_s=time.perf_counter() - t_start)
+                            wall_s=time.perf_counter() - t_start, pre_last=pre_last)
     if rt.is_main:
         atomic_write_json(run_dir / "summary.json", summary)
     log(f"summary:{run_dir / 'summary.json'}")
@@ -150,7 +160,7 @@ def model_flops_per_token(cfg: RunConfig) -> float:
 
 
 def build_summary(cfg: RunConfig, rt: Runtime, data: Dataset, result: TrainResult, pre, rt_score, budget: ByteBudget,
-                  eval_time: float, run_dir: Path, wall_s: float) -> dict:
+                  eval_time: float, run_dir: Path, wall_s: float, pre_last=None) -> dict:
     tok_s = result.tokens_seen / result.train_time_s if result.train_time_s > 0 else 0.0
     gpu = torch.cuda.get_device_name(rt.device) if rt.device.type == "cuda" else "cpu"
     peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in gpu), None)
@@ -161,8 +171,10 @@ def build_summary(cfg: RunConfig, rt: Runtime, data: Dataset, result: TrainResul
         "seed": cfg.train.seed,
         "corpus": cfg.data.corpus,
         "tokenizer": cfg.data.tokenizer,
-        "val_bpb": {"prequant": pre.bpb, "roundtrip": rt_score.bpb},
-        "val_loss": {"prequant": pre.loss, "roundtrip": rt_score.loss},
+        # prequant = the exported float weights (post-EMA/SWA when on); prequant_last_step = the last step's
+        "val_bpb": {"prequant": pre.bpb, "prequant_last_step": (pre_last or pre).bpb, "roundtrip": rt_score.bpb},
+        "val_loss": {"prequant": pre.loss, "prequant_last_step": (pre_last or pre).loss, "roundtrip": rt_score.loss},
+        "averaging": result.averager.kind if getattr(result, "averager", None) is not None else "none",
         "val_tokens_scored": rt_score.tokens,
         "val_bytes_scored": rt_score.bytes,
         "quant_tax_bpb": rt_score.bpb - pre.bpb,

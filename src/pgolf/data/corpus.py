@@ -8,11 +8,11 @@
   shuffled order (sorted by sha256 of ``source/id``) so shards mix the sources.
 
 Each line is ``{"text", "source", "id"}``. Text cleanup for every doc: ``\\x00`` -> space, CR/CRLF -> LF,
-other control characters dropped, trailing spaces cut, 3+ newlines -> 2, stripped; empty docs skipped. Legality: train docs that equal a val
-doc, share a 200-char normalized window with one, or (short docs) occur inside one are dropped
-(``sources.overlap``); exact duplicates within train (normalized) are dropped too. Packages are fetched into
-``$PGOLF_SOURCES_DIR`` (default ``<out>/../_sources``). Resumable: when both jsonl files match the manifest's
-sha256 (and its corpus and recipe), the manifest is returned and nothing is rebuilt.
+other control characters dropped, trailing spaces cut, 3+ newlines -> 2, stripped; empty docs skipped.
+Legality: train docs that equal a val doc, share a 200-char normalized window with one, or (short docs) occur
+inside one are dropped (``sources.overlap``); exact duplicates within train (normalized) are dropped too.
+Packages are fetched into ``$PGOLF_SOURCES_DIR`` (default ``<out>/../_sources``). Resumable: when both jsonl
+files match the manifest's sha256 (and its corpus and recipe), the manifest is returned and nothing is rebuilt.
 """
 
 from __future__ import annotations

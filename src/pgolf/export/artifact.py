@@ -104,7 +104,7 @@ def write_artifact(path: str | Path, qs: QuantizedState, *, codec: str, meta: di
                    compress_manifest: bool = True) -> ArtifactInfo:
     """Serialize `qs` with `codec` to `path` (atomically). `meta` is a JSON-able config summary."""
     raw, entries = pack_state(qs)
-    payload = compress(raw, codec)
+    payload = compress(raw, codec, layout=entries)  # the layout is used by codec 'pergroup' only
     manifest = {
         "format_version": FORMAT_VERSION,
         "scheme": qs.scheme,

@@ -10,7 +10,7 @@ from pgolf.export.budget import code_bytes
 
 PACKAGE = Path(__file__).resolve().parents[1]
 NOT_SHIPPED = ("cli.py", "__main__.py", "report/", "data/corpus.py", "data/sources/", "data/fineweb.py",
-               "data/build.py")
+               "data/build.py", "export/inspect.py")
 
 
 def shipped_sources() -> list[Path]:

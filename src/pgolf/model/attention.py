@@ -1,13 +1,46 @@
-"""Causal self-attention of the baseline: GQA, QK-RMSNorm, RoPE, learned per-head q gain, SDPA."""
+"""Causal self-attention: GQA, QK-RMSNorm, (partial / scaled) RoPE, learned per-head q gain, then optional XSA
+and one optional per-head output gate. Data flow for one layer, x = the normed block input (B, T, d)::
+
+    q, k, v = x Wq, x Wk, x Wv                      # H query heads, Hkv <= H key/value heads (GQA)
+    q, k    = rope(rms_norm(q)), rope(rms_norm(k))    # attn_rope.py: first rope_dims dims, ntk / yarn past L_train
+    q       = q * q_gain_h                            # learned per-head gain, init qk_gain_init
+    y       = attend(q, k, v, ctx)                    # attn_backends.py: sdpa | flex | fa3, causal or per document
+    y       = y - c_h (y . v^) v^                     # XSA on xsa_layers; c = 1, or tanh(xsa_alpha_h) if xsa_gated
+    y_h     = y_h * gate_h(x)                         # AttnOutGate | SparseAttnGate | dense gated attention
+    out     = y Wo                                    # zero-init
+
+Every technique is decided at __init__ from the config, so the forward has no data-dependent Python branches.
+Gate weights are all called ``attn_gate_w`` (the records' name: the export's quant-gate rule routes it).
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pgolf.config import ModelConfig
-from pgolf.model.layers import CastedLinear, apply_rotary, rms_norm, rotary_tables
+from pgolf.model.attn_backends import attend, require_fa3
+from pgolf.model.attn_rope import apply_partial_rotary, rope_tables, scaled_inv_freq
+from pgolf.model.layers import CastedLinear, rms_norm
+from pgolf.model.patterns import parse_layers
+
+
+def xsa_project_out(y: Tensor, v: Tensor, coef: Tensor | None = None) -> Tensor:
+    """Exclusive self-attention (arXiv:2603.09078; PR #265, XSA-all in PR #1019/#1060): remove from each head's
+    output y (B, H, T, D) its component along the unit value vector of the same token in its own KV head,
+    v (B, Hkv, T, D). GQA by reshaping to (B, Hkv, group, T, D), never repeat_interleave (PR #265: ~2 vs ~7 ms/step).
+    `coef` (H,) scales the removed component per head (gated XSA); None removes it fully."""
+    B, H, T, D = y.shape
+    Hkv = v.size(1)
+    yg = y.reshape(B, Hkv, H // Hkv, T, D)
+    vn = F.normalize(v, dim=-1).unsqueeze(2)  # (B, Hkv, 1, T, D)
+    along = (yg * vn).sum(dim=-1, keepdim=True) * vn
+    if coef is not None:
+        along = coef.view(Hkv, H // Hkv, 1, 1) * along
+    return (yg - along).reshape(B, H, T, D)
 
 
 class CausalSelfAttention(nn.Module):
@@ -20,16 +53,67 @@ class CausalSelfAttention(nn.Module):
         self.c_v = CastedLinear(cfg.model_dim, kv_dim)
         self.proj = CastedLinear(cfg.model_dim, cfg.model_dim, zero_init=True)
         self.q_gain = nn.Parameter(torch.full((cfg.num_heads,), cfg.qk_gain_init, dtype=torch.float32))
+        # RoPE: full or partial (first rope_dims dims), NTK / YaRN scaling past rope_train_seq_len.
         self.rope_base = cfg.rope_base
+        self.rope_dims = cfg.rope_dims or cfg.head_dim
+        self.rope_bf16_tables = cfg.rope_bf16_tables
+        self.rope_scaling, self.rope_train_len = cfg.rope_scaling, cfg.rope_train_seq_len
+        self.backend = cfg.attn_backend
+        if self.backend == "fa3":
+            require_fa3()  # fail at build time, not at the first forward
+        # New parameters are created only when their technique is on, after the baseline ones, so a model with
+        # everything off draws exactly the baseline's random stream.
+        self.use_xsa = parse_layers(cfg.xsa_layers, cfg.num_layers, field="model.xsa_layers")[layer]
+        self.xsa_gated = self.use_xsa and cfg.xsa_gated
+        if self.xsa_gated:
+            # Gated XSA (PR #2018 / #2123, modded-nanogpt #264): y - tanh(alpha_h)(y.v^)v^, alpha zero-init.
+            # #2123's comment says step 0 equals plain XSA, but tanh(0) = 0: XSA starts OFF and is learned per head.
+            self.xsa_alpha = nn.Parameter(torch.zeros(cfg.num_heads, dtype=torch.float32))
+        # At most one output gate (config validation enforces it): (kind, input width, pre-sigmoid scale).
+        self.gate_kind, self.gate_width, self.gate_scale = "none", 0, 1.0
+        if cfg.attn_out_gate_width:
+            # AttnOutGate (PR #1667; w = 12 in #1880, 32 in #1969 "WiderGate32"): y_h * 2 sigmoid(W x[:w])_h,
+            # W = 0, so x1 at init.
+            self.gate_kind, self.gate_width = "out", cfg.attn_out_gate_width
+            self.attn_gate_w = nn.Parameter(torch.zeros(cfg.num_heads, self.gate_width, dtype=torch.float32))
+        elif cfg.sparse_attn_gate_width:
+            # SparseAttnGate (TOP / PR #1787): y_h * sigmoid(s W x[:w])_h, W = 0 -> x0.5 at init (NOT the identity).
+            self.gate_kind, self.gate_width = "sparse", cfg.sparse_attn_gate_width
+            self.gate_scale = cfg.sparse_attn_gate_scale
+            self.attn_gate_w = nn.Parameter(torch.zeros(cfg.num_heads, self.gate_width, dtype=torch.float32))
+        elif cfg.gated_attn:
+            # Dense gated attention (Qwen G1, arXiv:2505.06708; PR #1736): y_h * sigmoid(W x)_h, W ~ N(0, std),
+            # so about x0.5 at init.
+            self.gate_kind, self.gate_width = "dense", cfg.model_dim
+            w = torch.empty(cfg.num_heads, cfg.model_dim, dtype=torch.float32)
+            self.attn_gate_w = nn.Parameter(nn.init.normal_(w, mean=0.0, std=cfg.gated_attn_init_std))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, ctx: Any = None) -> Tensor:
+        """x: normed block input (B, T, d); ctx: from `attn_backends.build_attn_context` (None = plain causal)."""
         B, T, D = x.shape
         q = self.c_q(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = self.c_k(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
         v = self.c_v(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = rms_norm(q), rms_norm(k)
-        cos, sin = rotary_tables(T, self.head_dim, self.rope_base, x.device, q.dtype)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        q = q * self.q_gain.to(q.dtype)[None, :, None, None]
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.num_kv_heads != self.num_heads)
+        inv_freq, temp = scaled_inv_freq(self.rope_dims, self.rope_base, self.rope_scaling, T, self.rope_train_len,
+                                         x.device)
+        cos, sin = rope_tables(T, inv_freq, q.dtype, bf16_tables=self.rope_bf16_tables)
+        q, k = apply_partial_rotary(q, cos, sin, self.rope_dims), apply_partial_rotary(k, cos, sin, self.rope_dims)
+        gain = self.q_gain if temp == 1.0 else self.q_gain * temp  # YaRN temperature; T is static under compile
+        q = q * gain.to(q.dtype)[None, :, None, None]
+        y = attend(q, k, v, ctx, self.backend)  # (B, H, T, hd)
+        if self.use_xsa:
+            y = xsa_project_out(y, v, torch.tanh(self.xsa_alpha).to(y.dtype) if self.xsa_gated else None)
+        if self.gate_kind != "none":
+            y = y * self._gate(x).transpose(1, 2)[..., None]
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
+
+    def _gate(self, x: Tensor) -> Tensor:
+        """Per-head multiplier (B, T, H) from the normed block input."""
+        src = x if self.gate_width == x.size(-1) else x[..., : self.gate_width]
+        z = F.linear(src, self.attn_gate_w.to(x.dtype))
+        if self.gate_kind == "out":
+            return 2.0 * torch.sigmoid(z)
+        if self.gate_kind == "sparse":
+            return torch.sigmoid(self.gate_scale * z)
+        return torch.sigmoid(z)

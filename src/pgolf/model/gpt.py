@@ -1,9 +1,15 @@
-"""The GPT of the naive baseline (openai/parameter-golf ``train_gpt.py``), written to be extended.
+"""The GPT of the naive baseline (openai/parameter-golf ``train_gpt.py``), with each technique behind one switch.
 
-Embedding -> rms_norm -> blocks (``block.py``: attention, MLP, residual mixing) -> rms_norm -> tied head.
-The first half of the blocks push their outputs on a stack; each later block first adds
-``skip_weights[i] * pop()`` (U-Net skips). Logits are ``softcap * tanh(h E^T / softcap)`` with the
-tied embedding E. Output projections start at zero, so every block is the identity at step 0.
+    embed    e = tok_emb(ids) [+ BigramHash] [SmearGate bos_fixed];  x = x0 = rms_norm(e) [SmearGate v1]
+    encoder  for layer i in the encoder order:  x = block_i(x, x0);  push x                    (U-Net)
+    decoder  for slot j, layer i in the decoder order:  x = skip_j(x, pop());  x = block_i(x, x0)
+             from parallel_start_layer on, two lanes:   x, lane1 = block_i.forward_lanes(x, lane1, x0)
+    head     h = rms_norm(x, or the lane merge);  logits = softcap * tanh(h E^T / softcap)  (tied E)
+
+``skip_j(x, s) = x + w_j * s``, or with skip gates ``lerp(w_j * s, x, sigmoid(g_j))``. Encoder/decoder
+orders come from ``recurrence.py`` (plain, or with looped layers once ``loop_enable_at`` is reached);
+token mixing from ``embed.py``; the block's data flow from ``block.py``; init options from ``init.py``.
+Output projections start at zero, so every baseline block is the identity at step 0.
 
 Parameter names follow the official script, so its checkpoints load here unchanged.
 """
@@ -15,8 +21,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pgolf.config import ModelConfig
+from pgolf.model.attn_backends import build_attn_context
 from pgolf.model.block import Block
+from pgolf.model.embed import BigramHash, SmearGateBOS, SmearGateV1
+from pgolf.model.init import orthogonal_linears_, overtone_
 from pgolf.model.layers import CastedLinear, rms_norm
+from pgolf.model.recurrence import layer_order
 
 
 class GPT(nn.Module):
@@ -24,43 +34,93 @@ class GPT(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.model_dim)
-        self.num_encoder_layers = cfg.num_layers // 2
-        self.num_decoder_layers = cfg.num_layers - self.num_encoder_layers
-        num_skips = min(self.num_encoder_layers, self.num_decoder_layers)
-        self.skip_weights = nn.Parameter(torch.ones(num_skips, cfg.model_dim))
+        self.order = layer_order(cfg)
+        self.num_encoder_layers, self.num_decoder_layers = (len(half) for half in self.order.plain)
+        self.skip_weights = nn.Parameter(torch.ones(self.order.num_skips, cfg.model_dim))
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
         self.lm_head = None if cfg.tie_embeddings else CastedLinear(cfg.model_dim, cfg.vocab_size, zero_init=True)
+        # Technique modules exist only when switched on, come after the baseline's and draw no random numbers
+        # here, so the baseline weights are bit-identical with or without them.
+        self.skip_gates = nn.Parameter(torch.zeros(self.order.num_skips, cfg.model_dim)) if cfg.skip_gates else None
+        smear_cls = {"v1": SmearGateV1, "bos_fixed": SmearGateBOS}.get(cfg.smear_gate)
+        self.smear = smear_cls(cfg) if smear_cls else None
+        self.bigram = BigramHash(cfg) if cfg.bigram_buckets else None
+        self.looping = self.order.has_loops  # a fresh model is in its end-of-training state (progress 1.0)
         self.reset_parameters()
 
     def set_progress(self, frac: float) -> None:
-        """Called by the training loop before every step with the elapsed fraction of the run (0..1);
-        techniques scheduled on training progress (e.g. depth recurrence switched on at 35%) read it here.
-        Evaluation code calls it with 1.0. The baseline has none."""
+        """Called by the training loop before every step with the elapsed fraction of the run (0..1), and with
+        1.0 before export/eval. Depth recurrence runs the looped order from ``loop_enable_at`` on. `looping` is
+        a plain bool read in forward: torch.compile guards on it and builds a second graph when it flips."""
+        self.looping = self.order.has_loops and frac >= self.cfg.loop_enable_at
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Init table: tied tok_emb ~ N(0, tied_embed_init_std); untied tok_emb ~ N(0, 1) (nn.Embedding default);
         attn.proj, mlp.proj and an untied lm_head = 0; other linears keep PyTorch's kaiming-uniform default;
-        attn_scale = mlp_scale = skip_weights = 1; resid_mix = (1, 0); q_gain = qk_gain_init."""
+        attn_scale = mlp_scale = skip_weights = 1; resid_mix = (1, 0); q_gain = qk_gain_init.
+        Options (init.py): embed_init=overtone reshapes tok_emb's spectrum; init=orthogonal re-inits linears.
+        Technique parameters: skip_gates 0, lane_resid 1.1, lane_post 1, smear gates 0, bigram table 0."""
         if self.cfg.tie_embeddings:
             nn.init.normal_(self.tok_emb.weight, mean=0.0, std=self.cfg.tied_embed_init_std)
+        if self.cfg.embed_init == "overtone":
+            overtone_(self.tok_emb.weight)
         for m in self.modules():
             if isinstance(m, CastedLinear) and m.zero_init:
                 nn.init.zeros_(m.weight)
+        if self.bigram is not None:
+            self.bigram.reset_parameters()
+        if self.cfg.init == "orthogonal":
+            orthogonal_linears_(self)
+
+    def embed(self, input_ids: Tensor) -> Tensor:
+        """Normed input embedding x0 (B, T, D), with the token-mixing options of embed.py."""
+        e = self.tok_emb(input_ids)
+        if self.bigram is not None:
+            e = e + self.bigram(input_ids)
+        if self.cfg.smear_gate == "bos_fixed":
+            e = self.smear(e, input_ids)
+        x = rms_norm(e)
+        if self.cfg.smear_gate == "v1":
+            x = self.smear(x)
+        return x
 
     def hidden(self, input_ids: Tensor) -> Tensor:
         """Final-normed hidden states (B, T, D)."""
-        x = rms_norm(self.tok_emb(input_ids))
-        x0 = x
+        x = x0 = self.embed(input_ids)
+        ctx = build_attn_context(self.cfg, input_ids)  # attention mask / doc segments, shared by all layers
+        encoder, decoder = self.order.looped if self.looping else self.order.plain
         skips: list[Tensor] = []
-        for i in range(self.num_encoder_layers):
-            x = self.blocks[i](x, x0)
+        for i in encoder:
+            x = self.blocks[i](x, x0, ctx)
             skips.append(x)
-        for i in range(self.num_decoder_layers):
+        lane1 = None  # second residual lane once the parallel blocks start; x is lane 0
+        for slot, i in enumerate(decoder):
+            block = self.blocks[i]
+            if block.parallel and lane1 is None:
+                lane1 = x
             if skips:
-                x = x + self.skip_weights[i].to(x.dtype) * skips.pop()
-            x = self.blocks[self.num_encoder_layers + i](x, x0)
+                x = self.skip(slot, x, skips.pop())
+            if lane1 is None:
+                x = block(x, x0, ctx)
+            else:
+                x, lane1 = block.forward_lanes(x, lane1, x0, ctx)
+        if lane1 is not None:
+            x = self.merge_lanes(x, lane1)
         return rms_norm(x)
+
+    def skip(self, slot: int, x: Tensor, s: Tensor) -> Tensor:
+        """U-Net skip into decoder position `slot`; with skip gates (PR #1089; TOP) sigmoid(g)*x + (1-sigmoid(g))*w*s,
+        g = 0 at init: a 0.5/0.5 blend, NOT the baseline's x + w*s."""
+        w = self.skip_weights[slot].to(x.dtype)
+        if self.skip_gates is None:
+            return x + w * s
+        return torch.lerp(w * s, x, torch.sigmoid(self.skip_gates[slot].to(x.dtype)))
+
+    def merge_lanes(self, lane0: Tensor, lane1: Tensor) -> Tensor:
+        """Final hidden of the parallel lanes (``parallel_final_lane``; TOP: mean)."""
+        lane = self.cfg.parallel_final_lane
+        return lane0 if lane == "attn" else lane1 if lane == "mlp" else 0.5 * (lane0 + lane1)
 
     def logits(self, input_ids: Tensor) -> Tensor:
         """Soft-capped logits in fp32, (B, T, V)."""
@@ -83,7 +143,8 @@ class GPT(nn.Module):
 
 def control_param(name: str, p: Tensor) -> bool:
     """Vectors, scalars and the named control tensors stay fp32 (baseline CONTROL_TENSOR_NAME_PATTERNS)."""
-    return p.ndim < 2 or any(k in name for k in ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weight"))
+    return p.ndim < 2 or any(k in name for k in ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weight",
+                                                 "skip_gate", "lane_", "attn_gate"))
 
 
 def cast_for_training(model: GPT, device: torch.device) -> GPT:

@@ -4,19 +4,26 @@ Per parameter W (rows × cols) with gradient g, momentum μ, learning rate η, d
 
     buf <- μ·buf + g
     u   <- g + μ·buf                     (Nesterov; plain momentum uses u = buf)
+    u   <- u / max(‖u_row‖₂, 1e-7)       (only with row_normalize: MuonEq-R, arXiv:2603.28254; PR #1260/#1285)
     u   <- NS(u) · sqrt(max(1, rows/cols))
-    W   <- W·(1 − η·λ) − η·u
+    W   <- W·(1 − η·λ) − η·u             (decoupled WD; η already includes the schedule multiplier)
 
 NS is the quintic Newton–Schulz map (Keller Jordan, "Muon", 2024; the fixed coefficients
 (3.4445, −4.7750, 2.0315) as in modded-nanogpt and the parameter-golf baseline): X = G/‖G‖_F in bf16,
 transposed so that rows ≤ cols, then `steps` times ``A = X Xᵀ; X = aX + (bA + cA²)X``. It drives every
-singular value towards ~1 (into roughly [0.7, 1.2], not exactly 1).
+singular value towards ~1 (into roughly [0.7, 1.2], not exactly 1). ``coeffs`` may instead give one (a, b, c)
+per step: `POLAR_EXPRESS_COEFFS` (Amsel et al., "The Polar Express", arXiv:2505.16932; parameter-golf PR #1344
+→ #1787, TOP) are minimax-optimal per-step polynomials that land in a tighter band around 1 in the same 5 steps.
 
 Speed: parameters of the same shape are stacked and orthogonalized in one batched call. With a
 process group, those matrices are dealt round-robin to ranks, each rank orthogonalizes its share, and
 the bf16 updates travel in one flat all-reduce (the baseline's scheme). The gradients must already be
 identical on every rank (DDP), and every rank keeps the full momentum state, so the result equals
-the single-process step and rank 0's `state_dict()` is complete.
+the single-process step and rank 0's `state_dict()` is complete. The owner of a matrix is
+``k mod world`` where k counts matrices in (group, shape bucket, parameter) order, identical on every rank;
+`owned_indices` exposes that split (the records' "parallel Muon", PR #399, instead reduce-scatters banked
+gradients and keeps momentum only for the local shard; this form trades that memory for needing no
+change to DDP or to checkpoints).
 """
 
 from __future__ import annotations
@@ -28,9 +35,33 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+Coeffs = tuple[float, float, float] | Sequence[tuple[float, float, float]]
+
 NS5_COEFFS: tuple[float, float, float] = (3.4445, -4.7750, 2.0315)
 
-Coeffs = tuple[float, float, float] | Sequence[tuple[float, float, float]]
+# Polar Express (arXiv:2505.16932), the 5 per-iteration tuples used by TOP (`_PE_COEFFS`, PR #1344 → #1787).
+POLAR_EXPRESS_COEFFS: tuple[tuple[float, float, float], ...] = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+
+NS_VARIANTS = ("ns5", "polar_express")
+
+
+def ns_coeffs(variant: str, steps: int) -> Coeffs:
+    """Coefficients for ``optim.muon_ns``: "ns5" (fixed triple, any number of steps) or "polar_express"
+    (one tuple per step; at most 5 steps, the first `steps` tuples)."""
+    if variant == "ns5":
+        return NS5_COEFFS
+    if variant == "polar_express":
+        if not 1 <= steps <= len(POLAR_EXPRESS_COEFFS):
+            raise ValueError(f"optim.muon_backend_steps={steps}: optim.muon_ns='polar_express' has "
+                             f"{len(POLAR_EXPRESS_COEFFS)} per-step tuples, so use 1..{len(POLAR_EXPRESS_COEFFS)} steps")
+        return POLAR_EXPRESS_COEFFS[:steps]
+    raise ValueError(f"optim.muon_ns={variant!r} is not one of {', '.join(NS_VARIANTS)}")
 
 
 def _coeff_schedule(coeffs: Coeffs, steps: int) -> list[tuple[float, float, float]]:
@@ -74,6 +105,12 @@ def _compiled_ns():
     return torch.compile(zeropower_newton_schulz, dynamic=False)
 
 
+def row_normalize(u: Tensor, eps: float = 1e-7) -> Tensor:
+    """MuonEq-R (arXiv:2603.28254; PR #1260/#1285, TOP): divide every row of each matrix by its L2 norm
+    (clamped at `eps`) before Newton–Schulz, computed in fp32, returned in u's dtype."""
+    return u / u.float().norm(dim=-1, keepdim=True).clamp_min(eps).to(u.dtype)
+
+
 def muon_scale(shape: Sequence[int]) -> float:
     """sqrt(max(1, rows/cols)) for the last two dims (Muon reference implementations)."""
     return max(1.0, shape[-2] / shape[-1]) ** 0.5
@@ -82,7 +119,8 @@ def muon_scale(shape: Sequence[int]) -> float:
 class Muon(torch.optim.Optimizer):
     """Muon over parameters with ndim >= 2 (the last two dims are the matrix, leading dims a batch).
 
-    Param-group keys the loop may change every step: ``lr``, ``momentum``, ``weight_decay``.
+    Param-group keys the loop may change every step: ``lr``, ``momentum``, ``weight_decay``;
+    per group also ``row_normalize`` (MuonEq-R) and ``coeffs`` (NS5 or Polar Express).
     process_group: "auto" = the default group when torch.distributed is initialized, else single
     process; None = single process; or an explicit ProcessGroup.
     compile_ns: run the Newton–Schulz map through torch.compile when the parameters are on CUDA.
@@ -98,6 +136,7 @@ class Muon(torch.optim.Optimizer):
         nesterov: bool = True,
         coeffs: Coeffs = NS5_COEFFS,
         weight_decay: float = 0.0,
+        row_normalize: bool = False,
         process_group="auto",
         compile_ns: bool = False,
     ):
@@ -108,7 +147,7 @@ class Muon(torch.optim.Optimizer):
             )
         _coeff_schedule(coeffs, backend_steps)
         defaults = dict(lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov,
-                        coeffs=coeffs, weight_decay=weight_decay)
+                        coeffs=coeffs, weight_decay=weight_decay, row_normalize=row_normalize)
         super().__init__(params, defaults)
         for group in self.param_groups:
             for p in group["params"]:
@@ -130,6 +169,24 @@ class Muon(torch.optim.Optimizer):
     def _ns(self, G: Tensor, steps: int, coeffs: Coeffs) -> Tensor:
         fn = _compiled_ns() if (self.compile_ns and G.is_cuda) else zeropower_newton_schulz
         return fn(G, steps, coeffs)
+
+    def owned_indices(self) -> list[list[int]]:
+        """Per param group, the indices (into ``group["params"]``) of the matrices this rank orthogonalizes,
+        assuming every parameter has a gradient (the split `step` uses)."""
+        _, world, rank = self._dist()
+        out, k = [], 0
+        for group in self.param_groups:
+            buckets: dict[tuple[int, ...], list[int]] = {}
+            for i, p in enumerate(group["params"]):
+                buckets.setdefault(tuple(p.shape), []).append(i)
+            mine = []
+            for idx in buckets.values():
+                for i in idx:
+                    if k % world == rank:
+                        mine.append(i)
+                    k += 1
+            out.append(sorted(mine))
+        return out
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -186,6 +243,8 @@ class Muon(torch.optim.Optimizer):
                 b = [bufs[i] for i in mine]
                 u = torch._foreach_add(g, b, alpha=mu) if group["nesterov"] else b
                 stacked = torch.stack(u) if len(u) > 1 else u[0].unsqueeze(0)
+                if group.get("row_normalize", False):
+                    stacked = row_normalize(stacked)
                 out = self._ns(stacked, group["backend_steps"], group["coeffs"])
                 out = out * muon_scale(shape)
                 views = [flat[group_offsets[i] : group_offsets[i] + params[i].numel()].view(shape) for i in mine]

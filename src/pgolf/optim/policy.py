@@ -31,7 +31,10 @@ LR_KEYS = ("matrix_lr", "scalar_lr", "tied_embed_lr", "embed_lr", "head_lr")
 QUANT_SCHEMES = ("int8", "float16", "float32", "keep")
 
 # Names that mark a control tensor whatever its shape (baseline CONTROL_TENSOR_NAME_PATTERNS).
-CONTROL_PATTERNS: tuple[str, ...] = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weight")
+# "skip_gate" (U-Net skip gates), "lane_" (parallel-residual lambdas) and "attn_gate" (AttnOutGate / SparseAttnGate /
+# gated attention weights, scalar AdamW as in the records' CONTROL_TENSOR_NAME_PATTERNS) are 2-D control tensors.
+CONTROL_PATTERNS: tuple[str, ...] = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weight",
+                                     "skip_gate", "lane_", "attn_gate")
 
 Predicate = Callable[[str, Tensor], bool]
 
@@ -107,10 +110,14 @@ class BlockMatrix:
 
 def baseline_policy(tie_embeddings: bool = True, control_patterns: tuple[str, ...] = CONTROL_PATTERNS) -> tuple[PolicyRow, ...]:
     """The naive baseline's split as a table (see module docstring)."""
+    # Weight decay keys (all 0 by default = the baseline): embed_wd / adam_wd for the AdamW halves and muon_wd
+    # for Muon (TOP / PR #1855: 0.085 / 0.02 / 0.095). An untied lm_head keeps none (the records tie).
     rows = [
-        PolicyRow("tok_emb", r"tok_emb\.weight", "adam", "tied_embed_lr" if tie_embeddings else "embed_lr"),
-        PolicyRow("control", ControlTensor(tuple(control_patterns)), "adam", "scalar_lr", quant="float32"),
-        PolicyRow("block_matrix", BlockMatrix(tuple(control_patterns)), "muon", "matrix_lr"),
+        PolicyRow("tok_emb", r"tok_emb\.weight", "adam", "tied_embed_lr" if tie_embeddings else "embed_lr",
+                  wd_key="embed_wd"),
+        PolicyRow("control", ControlTensor(tuple(control_patterns)), "adam", "scalar_lr", wd_key="adam_wd",
+                  quant="float32"),
+        PolicyRow("block_matrix", BlockMatrix(tuple(control_patterns)), "muon", "matrix_lr", wd_key="muon_wd"),
     ]
     if not tie_embeddings:
         rows.insert(1, PolicyRow("lm_head", r"lm_head\.weight", "adam", "head_lr"))
@@ -121,8 +128,17 @@ DEFAULT_POLICY: tuple[PolicyRow, ...] = baseline_policy(tie_embeddings=True)
 
 
 def policy_for(model_cfg: Any) -> tuple[PolicyRow, ...]:
-    """Policy rows for a `ModelConfig` (only ``tie_embeddings`` matters for the baseline)."""
-    return baseline_policy(tie_embeddings=bool(getattr(model_cfg, "tie_embeddings", True)))
+    """Policy rows for a `ModelConfig`: the baseline table (``tie_embeddings`` picks the embedding LR), plus
+    technique rows. BigramHash (2026-03-20 record split): the table goes to Adam at the token-embedding LR,
+    its projection to Muon; its scale is 0-D, so the control row takes it."""
+    tied = bool(getattr(model_cfg, "tie_embeddings", True))
+    rows = baseline_policy(tie_embeddings=tied)
+    if getattr(model_cfg, "bigram_buckets", 0):
+        rows = with_rows(rows,
+                         PolicyRow("bigram_table", r"bigram\.table", "adam", "tied_embed_lr" if tied else "embed_lr",
+                                   wd_key="embed_wd"),
+                         PolicyRow("bigram_proj", r"bigram\.proj\.weight", "muon", "matrix_lr", wd_key="muon_wd"))
+    return rows
 
 
 def with_rows(rows: Iterable[PolicyRow], *new_rows: PolicyRow) -> tuple[PolicyRow, ...]:

@@ -24,11 +24,16 @@ def get_preset(name: str) -> RunConfig:
     return PRESETS[name]()
 
 
-def proxy_form(cfg: RunConfig, *, batch_tokens: int = 98_304, wallclock_s: float = 90.0) -> RunConfig:
+def proxy_form(cfg: RunConfig, *, batch_tokens: int = 98_304, wallclock_s: float = 90.0,
+               full_gpus: int = 8) -> RunConfig:
     """Scale a preset tuned for 8xH100 x 600 s to the one-GPU proxy track: a global batch of
     98,304 tokens in one micro-batch (hundreds of steps in 90 s) on the proxy corpus, with step-counted
-    horizons (momentum warmup, the baseline's warmdown) shrunk by the same factor as the step count."""
-    scale = batch_tokens / cfg.train.batch_tokens * wallclock_s / max(cfg.train.wallclock_s, 1e-9)
+    horizons (momentum warmup, the baseline's warmdown) scaled by the ratio of step counts,
+
+        steps_proxy / steps_full = (wallclock_proxy / wallclock_full) * (batch_full / batch_proxy) / full_gpus
+
+    (same tokens/s per GPU). E.g. #1855's 1,500-step momentum warmup becomes 225 steps."""
+    scale = wallclock_s / max(cfg.train.wallclock_s, 1e-9) * cfg.train.batch_tokens / batch_tokens / full_gpus
     steps = lambda n: max(1, round(n * scale)) if n > 0 else n  # noqa: E731
     train = dataclasses.replace(cfg.train, batch_tokens=batch_tokens, micro_batch_tokens=batch_tokens,
                                 wallclock_s=wallclock_s, warmdown_iters=steps(cfg.train.warmdown_iters))

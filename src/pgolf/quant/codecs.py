@@ -6,16 +6,24 @@
     brotli quality 11, lgwin 24            (records 2026-04-01..04-23; TOP uses lgwin 24)
     none   identity (for measuring raw sizes)
 
+A codec *spec* (what the artifact manifest records) is one of these names, optionally behind a
+byte shuffle (``shuf2+brotli``: `pgolf.quant.pack.byte_shuffle` with stride 2, then brotli), or
+``pergroup`` / ``pergroup:zstd,brotli`` (`pgolf.quant.pergroup`: the best codec per tensor group,
+which needs the payload layout when compressing; decoding is self-describing).
+
     blob = compress(raw, "brotli"); assert decompress(blob, "brotli") == raw
 """
 
 from __future__ import annotations
 
 import lzma
+import re
 import zlib
+from typing import Any
 
 CODECS = ("zlib", "lzma", "zstd", "brotli", "none")
 _LZMA_PRESET = 9 | lzma.PRESET_EXTREME
+_SHUFFLE = re.compile(r"shuf([1-9][0-9]?)")
 
 
 def _check(codec: str) -> None:
@@ -23,9 +31,37 @@ def _check(codec: str) -> None:
         raise ValueError(f"unknown codec {codec!r}; known: {', '.join(CODECS)}")
 
 
-def compress(data: bytes, codec: str) -> bytes:
-    _check(codec)
+def parse_spec(spec: str) -> tuple[int, str]:
+    """(shuffle stride, base codec) of a plain spec such as ``brotli`` or ``shuf2+brotli`` (stride 0 = none)."""
+    if not isinstance(spec, str):
+        raise ValueError(f"codec spec must be a string, got {spec!r}")
+    if "+" in spec:
+        pre, base = spec.split("+", 1)
+        m = _SHUFFLE.fullmatch(pre)
+        if not m:
+            raise ValueError(f"codec spec {spec!r}: unknown transform {pre!r} (use shufN+<codec>)")
+        _check(base)
+        return int(m.group(1)), base
+    _check(spec)
+    return 0, spec
+
+
+def is_pergroup(spec: str) -> bool:
+    return isinstance(spec, str) and (spec == "pergroup" or spec.startswith("pergroup:"))
+
+
+def compress(data: bytes, codec: str, *, layout: list[dict[str, Any]] | None = None) -> bytes:
+    """Compress with a codec spec. `layout` (the artifact's tensor entries) is needed by ``pergroup`` only."""
+    if is_pergroup(codec):
+        from pgolf.quant.pergroup import compress_pergroup
+
+        return compress_pergroup(bytes(data), layout, codec)
+    stride, codec = parse_spec(codec)
     data = bytes(data)
+    if stride:
+        from pgolf.quant.pack import byte_shuffle
+
+        data = byte_shuffle(data, stride)
     if codec == "zlib":
         return zlib.compress(data, level=9)
     if codec == "lzma":
@@ -44,8 +80,20 @@ def compress(data: bytes, codec: str) -> bytes:
 
 def decompress(data: bytes, codec: str) -> bytes:
     """Inverse of `compress`; corrupt input raises the codec's own error."""
-    _check(codec)
-    data = bytes(data)
+    if is_pergroup(codec):
+        from pgolf.quant.pergroup import decompress_pergroup
+
+        return decompress_pergroup(bytes(data))
+    stride, codec = parse_spec(codec)
+    out = _decompress_base(bytes(data), codec)
+    if stride:
+        from pgolf.quant.pack import byte_unshuffle
+
+        out = byte_unshuffle(out, stride)
+    return out
+
+
+def _decompress_base(data: bytes, codec: str) -> bytes:
     if codec == "zlib":
         return zlib.decompress(data)
     if codec == "lzma":

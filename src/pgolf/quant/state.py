@@ -108,7 +108,16 @@ def base_meta(t: Tensor, bits: int, **extra: Any) -> dict[str, Any]:
     return {"shape": list(t.shape), "dtype": dtype_name(t.dtype), "bits": int(bits), **extra}
 
 
+# Schemes registered by modules that are imported on first use (keeps `import pgolf.quant.state` light).
+_LAZY_SCHEMES = {"int8_row": "pgolf.quant.int8", "int8_tensor": "pgolf.quant.int8",
+                 "int_row": "pgolf.quant.rowwise", "int_row_asym": "pgolf.quant.rowwise"}
+
+
 def dequantize_tensor(name: str, qt: QTensor) -> Tensor:
+    if qt.scheme not in _SCHEMES and qt.scheme in _LAZY_SCHEMES:
+        import importlib
+
+        importlib.import_module(_LAZY_SCHEMES[qt.scheme])
     fn = _SCHEMES.get(qt.scheme)
     if fn is None:
         raise ValueError(f"tensor {name!r}: unknown quant scheme {qt.scheme!r} (known: {', '.join(known_schemes())})")

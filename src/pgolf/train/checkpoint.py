@@ -2,10 +2,10 @@
 
     pgolf train --resume runs/<id>
 
-Rank 0 writes the model, loader position, step, trained seconds, validation curve and RNG
-states; every rank writes its own optimizer state (distributed Muon keeps momentum only for the
-matrices a rank owns). Files are written to a temporary name and renamed, so an interrupted save
-leaves the previous good checkpoint in place.
+Rank 0 writes the model, loader position, step, trained seconds, validation curve, technique state
+(EMA/SWA shadows, late-QAT switch: identical on every rank) and RNG states; every rank writes its own
+optimizer state (distributed Muon keeps momentum only for the matrices a rank owns). Files are written
+to a temporary name and renamed, so an interrupted save leaves the previous good checkpoint in place.
 """
 
 from __future__ import annotations
@@ -31,14 +31,17 @@ def _dump(obj) -> bytes:
     return buf.getvalue()
 
 
-def save(run_dir: Path, rt: Runtime, model, opt, loader, *, step: int, elapsed_s: float, curve: list) -> None:
+def save(run_dir: Path, rt: Runtime, model, opt, loader, *, step: int, elapsed_s: float, curve: list,
+         extras: dict | None = None) -> None:
+    """`extras`: name -> object with state_dict()/load_state_dict() (EMA/SWA, late QAT), kept with the model."""
     rt.barrier()
     atomic_write_bytes(run_dir / _opt_file(rt.rank), _dump({"step": step, "optim": opt.state_dict(),
                                                             "rng": rng_state()}))
     rt.barrier()
     if rt.is_main:
         state = {"step": step, "elapsed_s": elapsed_s, "curve": curve, "world_size": rt.world_size,
-                 "model": model.state_dict(), "loader": loader.state_dict()}
+                 "model": model.state_dict(), "loader": loader.state_dict(),
+                 "extras": {k: v.state_dict() for k, v in (extras or {}).items()}}
         atomic_write_bytes(run_dir / MODEL_FILE, _dump(state))
     rt.barrier()
 
@@ -47,7 +50,7 @@ def exists(run_dir: Path) -> bool:
     return (Path(run_dir) / MODEL_FILE).is_file()
 
 
-def load(run_dir: Path, rt: Runtime, model, opt, loader) -> dict:
+def load(run_dir: Path, rt: Runtime, model, opt, loader, extras: dict | None = None) -> dict:
     path = Path(run_dir) / MODEL_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint to resume from: {path} does not exist")
@@ -64,5 +67,11 @@ def load(run_dir: Path, rt: Runtime, model, opt, loader) -> dict:
     model.load_state_dict(state["model"])
     opt.load_state_dict(ostate["optim"])
     loader.load_state_dict(state["loader"])
+    saved = state.get("extras", {})
+    if set(saved) != set(extras or {}):
+        raise ValueError(f"{path} holds technique state for {sorted(saved) or 'none'} but this run has "
+                         f"{sorted(extras or {}) or 'none'} (train.ema_decay / swa_every / qat_bits must match)")
+    for k, obj in (extras or {}).items():
+        obj.load_state_dict(saved[k])
     set_rng_state(ostate["rng"])
     return state

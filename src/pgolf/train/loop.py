@@ -28,12 +28,16 @@ from pgolf.data.loader import TokenLoader
 from pgolf.eval.bpb import ByteLUT
 from pgolf.eval.flat import evaluate_flat
 from pgolf.model.gpt import GPT, cast_for_training
-from pgolf.optim.builder import build_optimizers, muon_momentum_at
+from pgolf.data.loaders_common import build_loader
+from pgolf.optim.builder import build_optimizers, muon_momentum_at, wd_mul
+from pgolf.quant.calib import train_config_with_reserve
 from pgolf.report.runlog import RunLog, fmt_eta, fmt_rate
 from pgolf.train import checkpoint
 from pgolf.train.clock import Clock
 from pgolf.train.runtime import Runtime, seed_everything
-from pgolf.train.schedule import lr_mul
+from pgolf.train import qat as qat_mod
+from pgolf.train.ema import WeightAverager
+from pgolf.train.schedule import check_train_techniques, lr_mul, progress, warmdown_mul
 
 
 class TrainingDiverged(RuntimeError):
@@ -51,6 +55,7 @@ class TrainResult:
     curve: list[dict] = field(default_factory=list)  # logged train-loss and validation points, in step order
     peak_mem_bytes: int = 0
     eval_losses: object = None  # (x, y) -> per-token nats, compiled when train.compile is on
+    averager: WeightAverager | None = None  # EMA / SWA (train/ema.py); the pipeline applies it before export
 
 
 def autocast_ctx(device: torch.device):
@@ -61,15 +66,18 @@ def autocast_ctx(device: torch.device):
 
 def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: RunLog, *,
                 resume: bool = False) -> TrainResult:
-    tc = cfg.train
+    tc = train_config_with_reserve(cfg)  # wallclock_s minus quant.gptq_reserve_s (the same object when 0)
     seed_everything(tc.seed)
     model = cast_for_training(GPT(cfg.model), rt.device)
+    check_train_techniques(tc)
+    qat = qat_mod.LateQAT.from_config(model, tc)  # before torch.compile: the flag must be a graph input
     compiled: nn.Module = torch.compile(model, dynamic=False, fullgraph=True) if tc.compile else model
     net: nn.Module = DDP(compiled, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None,
                          broadcast_buffers=False) if rt.distributed else compiled
     opt = build_optimizers(model, cfg.optim)
     accum = tc.grad_accum(rt.world_size)
-    loader = TokenLoader(data.train_files, rank=rt.rank, world_size=rt.world_size, seed=tc.seed)
+    loader = build_loader(tc, data, rank=rt.rank, world_size=rt.world_size)  # train.loader: stream|coprime|docpack
+    averager: WeightAverager | None = None  # EMA / SWA, created after the compile warm-up
     lut = ByteLUT.from_numpy(data.luts, rt.device)
     eval_losses = torch.compile(model.token_losses, dynamic=False) if tc.compile else model.token_losses
     log(f"model_params:{sum(p.numel() for p in model.parameters())} world_size:{rt.world_size} grad_accum:{accum} "
@@ -81,8 +89,11 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
                 net.require_backward_grad_sync = micro == accum - 1
             yield loader.next_batch(tc.micro_batch_tokens, tc.seq_len, rt.device)
 
-    def one_step(step: int, elapsed: float) -> torch.Tensor:
-        model.set_progress(elapsed / tc.wallclock_s if tc.wallclock_s > 0 else step / max(tc.iterations, 1))
+    def one_step(step: int, elapsed: float, priming: bool = False) -> torch.Tensor:
+        frac, mul = progress(step, elapsed, tc), lr_mul(step, elapsed, tc)
+        model.set_progress(frac)
+        if not priming and qat is not None and qat.before_step(step, warmdown_mul(step, elapsed, tc)):
+            log(f"late_qat:enabled step:{step} bits:{qat.bits} lr_mul:{mul:.4f}")
         opt.zero_grad(set_to_none=True)
         total = torch.zeros((), device=rt.device)
         for x, y in micro_batches():
@@ -90,11 +101,14 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
                 loss = net(x, y)
             total += loss.detach()
             (loss / accum).backward()
-        opt.set_muon_momentum(muon_momentum_at(step, cfg.optim))
-        opt.set_lr_mul(lr_mul(step, elapsed, tc))
+        opt.set_muon_momentum(muon_momentum_at(step, cfg.optim, frac))
+        opt.set_lr_mul(mul)
+        opt.set_wd_mul(wd_mul(frac, cfg.optim))
         if cfg.optim.grad_clip_norm > 0:  # DDP has already averaged the gradients: this is the global norm
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip_norm)
         opt.step()
+        if not priming and averager is not None:
+            averager.after_step(model, step + 1, warmdown_mul(step, elapsed, tc))
         return total / accum
 
     # Compile warm-up outside the clock, then restore the true initial state (official train_gpt.py).
@@ -103,7 +117,7 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
         init_opt = copy.deepcopy(opt.state_dict())
         init_loader = loader.state_dict()
         for i in range(tc.warmup_steps):
-            one_step(i, 0.0)
+            one_step(i, 0.0, priming=True)
         if tc.compile:  # also compile the eval graph before the clock starts
             evaluate_flat(eval_losses, data.val_tokens, lut, seq_len=tc.seq_len, batch_tokens=cfg.eval.batch_tokens,
                           device=rt.device, max_tokens=tc.seq_len * 2)
@@ -111,10 +125,14 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
         opt.load_state_dict(init_opt)
         loader.load_state_dict(init_loader)
         log(f"warmup:{tc.warmup_steps} steps primed, state restored")
+    averager = WeightAverager.from_config(model, tc)  # EMA starts from the (restored) initial weights, as TOP
+    # EMA/SWA and QAT state ride along in checkpoints; passed only when on, so the baseline call is unchanged.
+    ckpt_extras = {k: v for k, v in (("averager", averager), ("qat", qat)) if v is not None}
+    extras_kw = {"extras": ckpt_extras} if ckpt_extras else {}
 
     step, curve, elapsed0 = 0, [], 0.0
     if resume:
-        state = checkpoint.load(run_dir, rt, model, opt, loader)
+        state = checkpoint.load(run_dir, rt, model, opt, loader, **extras_kw)
         step, curve, elapsed0 = state["step"], state["curve"], state["elapsed_s"]
         log(f"resumed from {run_dir / checkpoint.MODEL_FILE} at step {step} ({elapsed0:.1f}s trained)")
 
@@ -164,16 +182,21 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
             log(f"step:{step} val_loss:{res.loss:.4f} val_bpb:{res.bpb:.4f} train_time:{point['train_time_s']:.1f}s")
         if is_ckpt:
             with clock.paused():
-                checkpoint.save(run_dir, rt, model, opt, loader, step=step, elapsed_s=clock.elapsed(), curve=curve)
+                checkpoint.save(run_dir, rt, model, opt, loader, step=step, elapsed_s=clock.elapsed(), curve=curve,
+                                **extras_kw)
     train_time = clock.elapsed()
     model.set_progress(1.0)
     peak = torch.cuda.max_memory_allocated(rt.device) if rt.device.type == "cuda" else 0
     log(f"stopped:{stopped_by} step:{step} train_time:{train_time:.1f}s epochs:{loader.epochs:.3f}")
+    if qat is not None:  # scoring and export read the float weights
+        qat_mod.set_enabled(model, False)
+    if averager is not None:
+        log(averager.describe())
     if tc.checkpoint_every > 0:
-        checkpoint.save(run_dir, rt, model, opt, loader, step=step, elapsed_s=train_time, curve=curve)
+        checkpoint.save(run_dir, rt, model, opt, loader, step=step, elapsed_s=train_time, curve=curve, **extras_kw)
     return TrainResult(model=model, steps=step, train_time_s=train_time, tokens_seen=step * tc.batch_tokens,
                        epochs=loader.epochs, stopped_by=stopped_by, curve=curve, peak_mem_bytes=int(peak),
-                       eval_losses=eval_losses)
+                       eval_losses=eval_losses, averager=averager)
 
 
 def tokens_per_second(result: TrainResult) -> float:

@@ -2,10 +2,11 @@
 
     text = pod_to_text(pod)   # directives and formatting codes removed, verbatim blocks kept
 
-Per perlpodspec: ``=head1 NAME`` -> ``NAME``; ``=item *`` -> ``* `` before its paragraph; ``=item text`` -> ``text``; ``=over``,
-``=back``, ``=cut``, ``=pod``, ``=encoding``, ``=for`` paragraphs and ``=begin``..``=end`` blocks dropped;
-``B<>``, ``I<>``, ``C<>``, ``F<>``, ``S<>`` unwrapped (also the ``C<< ... >>`` form), ``X<>``/``Z<>`` removed,
-``E<lt>`` etc. resolved, ``L<text|target>`` -> ``text``, ``L<name/"section">`` -> ``"section" in name``.
+Per perlpodspec: ``=head1 NAME`` -> ``NAME``; ``=item *`` -> ``* `` before its paragraph; ``=item text`` ->
+``text``; ``=over``, ``=back``, ``=cut``, ``=pod``, ``=encoding``, ``=for`` paragraphs and ``=begin``..``=end``
+blocks dropped; ``B<>``, ``I<>``, ``C<>``, ``F<>``, ``S<>`` unwrapped (also the ``C<< ... >>`` form),
+``X<>``/``Z<>`` removed, ``E<lt>`` etc. resolved, ``L<text|target>`` -> ``text``, ``L<name/"section">`` ->
+``"section" in name``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,168 @@
+"""Per-group compressor: the raw payload split by tensor role, each group with its best codec (TOP, PR #1855).
+
+TOP buckets its int8 GPTQ codes by role and runs ``lrzip`` per group; lrzip is not installable here,
+so each group instead tries every codec of the spec (zlib-9, lzma-9e, zstd-22, brotli-11; the ``rest``
+group also with a stride-2 byte shuffle) and keeps the smallest stream. Groups, in this order:
+
+    tok_emb | attn.c_q | attn.c_k | attn.c_v | attn.proj | mlp.fc | mlp.proj | matrix | rest
+
+The first eight hold the unpacked 2-D int8 code matrices (``q`` parts of row-quantized tensors) of
+that role, layers concatenated in payload order, each matrix transposed to column-major; ``rest``
+holds every other byte (scales, zero points, LQER/AWQ parts, floats, packed codes) in payload order.
+
+Container (the artifact payload; decoding needs nothing else)::
+
+    b"PGRP" | uint32 H | zlib(JSON header, H bytes) | stream_0 | stream_1 | ...
+    header = {"n": raw bytes, "g": [[role, codec, shuffle, stream bytes, [[offset, nbytes, rows, cols], ...]], ...]}
+
+(rows = cols = 0: a plain byte run). Decoding scatters each segment back to its offset and checks
+that the segments cover the raw payload exactly once.
+
+    blob = compress_pergroup(raw, entries, "pergroup");  decompress_pergroup(blob) == raw
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from pgolf.quant.codecs import _decompress_base, compress, parse_spec
+from pgolf.quant.pack import byte_shuffle, byte_unshuffle, transpose_bytes, untranspose_bytes
+
+MAGIC = b"PGRP"
+ROLES = ("tok_emb", "attn.c_q", "attn.c_k", "attn.c_v", "attn.proj", "mlp.fc", "mlp.proj", "matrix", "rest")
+DEFAULT_CODECS = ("zlib", "lzma", "zstd", "brotli")
+ROW_SCHEMES = ("int_row", "int_row_asym", "int8_row")
+
+
+class PergroupError(ValueError):
+    """A per-group container is malformed."""
+
+
+def tensor_role(name: str) -> str:
+    """Role group of a weight by name (``matrix`` for other 2-D codes)."""
+    if name.startswith(("tok_emb.", "lm_head.")):
+        return "tok_emb"
+    for frag, role in ((".attn.c_q.", "attn.c_q"), (".attn.c_k.", "attn.c_k"), (".attn.c_v.", "attn.c_v"),
+                       (".attn.proj.", "attn.proj"), (".mlp.fc.", "mlp.fc"), (".mlp.proj.", "mlp.proj")):
+        if frag in f".{name}":
+            return role
+    return "matrix"
+
+
+def part_role(entry: dict[str, Any], part: dict[str, Any]) -> tuple[str, int, int]:
+    """(group, rows, cols) of one stored part of a manifest entry; rows = cols = 0 when not transposed."""
+    shape = part["shape"]
+    if (entry.get("scheme") in ROW_SCHEMES and part["part"] == "q" and part["dtype"] == "int8"
+            and len(shape) == 2 and not entry.get("meta", {}).get("packed") and part["nbytes"] > 0):
+        return tensor_role(entry["name"]), int(shape[0]), int(shape[1])
+    return "rest", 0, 0
+
+
+def spec_codecs(spec: str) -> tuple[str, ...]:
+    if spec == "pergroup":
+        return DEFAULT_CODECS
+    names = tuple(c for c in spec.split(":", 1)[1].split(",") if c)
+    for c in names:
+        if parse_spec(c)[0] or c == "none":
+            raise ValueError(f"codec spec {spec!r}: per-group candidates must be plain codecs, got {c!r}")
+    if not names:
+        raise ValueError(f"codec spec {spec!r} lists no codecs")
+    return names
+
+
+def group_segments(layout: list[dict[str, Any]]) -> dict[str, list[list[int]]]:
+    """Segments [offset, nbytes, rows, cols] per role (adjacent plain runs merged)."""
+    groups: dict[str, list[list[int]]] = {r: [] for r in ROLES}
+    for entry in layout:
+        for part in entry["parts"]:
+            if part["nbytes"] == 0:
+                continue
+            role, rows, cols = part_role(entry, part)
+            segs = groups[role]
+            off, nb = int(part["offset"]), int(part["nbytes"])
+            if rows == 0 and segs and segs[-1][2] == 0 and segs[-1][0] + segs[-1][1] == off:
+                segs[-1][1] += nb
+            else:
+                segs.append([off, nb, rows, cols])
+    return {r: s for r, s in groups.items() if s}
+
+
+def _stream(raw: bytes, segs: list[list[int]]) -> bytes:
+    out = []
+    for off, nb, rows, cols in segs:
+        chunk = raw[off:off + nb]
+        out.append(transpose_bytes(chunk, rows, cols) if rows else chunk)
+    return b"".join(out)
+
+
+def _encode(data: bytes, codec: str, shuffle: int) -> bytes:
+    return compress(byte_shuffle(data, shuffle) if shuffle else data, codec)
+
+
+def compress_pergroup(raw: bytes, layout: list[dict[str, Any]] | None, spec: str = "pergroup") -> bytes:
+    """The container for `raw` given the artifact's tensor entries (`pgolf.export.artifact.pack_state`)."""
+    if layout is None:
+        raise ValueError("codec 'pergroup' needs the payload layout (the artifact's tensor entries)")
+    codecs = spec_codecs(spec)
+    groups = group_segments(layout)
+    covered = sum(s[1] for segs in groups.values() for s in segs)
+    if covered != len(raw):
+        raise ValueError(f"per-group layout covers {covered} bytes but the raw payload has {len(raw)}")
+    streams = {role: _stream(raw, segs) for role, segs in groups.items()}
+    jobs = [(role, c, sh) for role in groups for c in codecs for sh in ((0, 2) if role == "rest" else (0,))]
+    workers = max(1, min(len(jobs), os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        blobs = list(pool.map(lambda j: _encode(streams[j[0]], j[1], j[2]), jobs))
+    best: dict[str, tuple[int, str, int, bytes]] = {}
+    for (role, c, sh), blob in zip(jobs, blobs):  # jobs are in a fixed order: ties keep the first
+        if role not in best or len(blob) < best[role][0]:
+            best[role] = (len(blob), c, sh, blob)
+    header = {"n": len(raw), "g": [[role, best[role][1], best[role][2], best[role][0], groups[role]]
+                                   for role in groups]}
+    hbytes = zlib.compress(json.dumps(header, separators=(",", ":")).encode("ascii"), 9)
+    return MAGIC + struct.pack("<I", len(hbytes)) + hbytes + b"".join(best[role][3] for role in groups)
+
+
+def read_header(blob: bytes) -> tuple[dict[str, Any], int]:
+    """The container header and the offset of the first stream."""
+    if blob[:4] != MAGIC or len(blob) < 8:
+        raise PergroupError(f"per-group payload: bad magic {blob[:4]!r} (expected {MAGIC!r})")
+    (hlen,) = struct.unpack_from("<I", blob, 4)
+    try:
+        header = json.loads(zlib.decompress(blob[8:8 + hlen]).decode("ascii"))
+    except (zlib.error, ValueError, UnicodeDecodeError) as e:
+        raise PergroupError(f"per-group payload: corrupt header ({e})") from None
+    return header, 8 + hlen
+
+
+def decompress_pergroup(blob: bytes) -> bytes:
+    header, pos = read_header(blob)
+    n = int(header["n"])
+    raw = bytearray(n)
+    seen = 0
+    for role, codec, shuffle, length, segs in header["g"]:
+        stream = blob[pos:pos + length]
+        if len(stream) != length:
+            raise PergroupError(f"per-group payload: group {role!r} truncated ({len(stream)} of {length} bytes)")
+        pos += length
+        data = _decompress_base(stream, parse_spec(codec)[1])
+        if shuffle:
+            data = byte_unshuffle(data, int(shuffle))
+        at = 0
+        for off, nb, rows, cols in segs:
+            chunk = data[at:at + nb]
+            if len(chunk) != nb or off + nb > n:
+                raise PergroupError(f"per-group payload: group {role!r} segment at {off} (+{nb}) is out of range")
+            raw[off:off + nb] = untranspose_bytes(chunk, rows, cols) if rows else chunk
+            at += nb
+            seen += nb
+        if at != len(data):
+            raise PergroupError(f"per-group payload: group {role!r} has {len(data) - at} unassigned bytes")
+    if pos != len(blob) or seen != n:
+        raise PergroupError(f"per-group payload: segments cover {seen} of {n} bytes; {len(blob) - pos} trailing bytes")
+    return bytes(raw)

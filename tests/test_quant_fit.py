@@ -1,0 +1,102 @@
+"""Budget fitter: the artifact always lands at or under the limit: `pytest tests/test_quant_fit.py -q`."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from pgolf.config import ModelConfig, QuantConfig
+from pgolf.export.artifact import write_artifact
+from pgolf.model.gpt import GPT
+from pgolf.quant.export import MixedQuantizer, export_model
+from pgolf.quant.fit import BudgetError, apply_prune, artifact_size, fit_to_budget, prune_order
+from pgolf.quant.options import payload_codec
+from pgolf.quant.plan import plan_tensors
+from pgolf.quant.state import dequantize_state_dict
+
+Q = QuantConfig(scheme="mixed", keep_float_max_numel=256, matrix_bits=6, embed_bits=6, clip="sdclip", codec="zlib",
+                fit_budget=True, fit_alpha_min=0.5, fit_alpha_max=2.0, fit_max_iters=8, fit_tolerance_bytes=150)
+META = {"run": "fit-test"}
+
+
+@pytest.fixture(scope="module")
+def model() -> GPT:
+    torch.manual_seed(0)
+    m = GPT(ModelConfig(vocab_size=128, num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1))
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if p.ndim == 2 and "resid_mix" not in name:
+                p.normal_(0, 0.05)
+    return m
+
+
+def _mq(model, q=Q) -> MixedQuantizer:
+    return MixedQuantizer({k: v.detach() for k, v in model.state_dict().items()}, plan_tensors(model, q), q, None)
+
+
+def _size_at(model, alpha, q=Q) -> int:
+    mq = _mq(model, q)
+    return artifact_size(mq.finalize(mq.build(alpha)), payload_codec(q), META)
+
+
+def test_sizes_fall_with_alpha(model):
+    sizes = [_size_at(model, a) for a in (0.5, 1.0, 2.0)]
+    assert sizes[0] > sizes[1] > sizes[2]
+
+
+@pytest.mark.parametrize("where", (0.3, 0.7))
+def test_fit_upward_lands_under_limit(model, tmp_path, where):
+    s1, s2 = _size_at(model, 1.0), _size_at(model, 2.0)
+    limit = int(s2 + where * (s1 - s2))
+    qs = export_model(model, Q, byte_limit=limit, meta=META)
+    info = write_artifact(tmp_path / "a.pgz", qs, codec=payload_codec(Q), meta=META)
+    assert info.file_bytes <= limit
+    alpha = qs.tensors["blocks.0.mlp.fc.weight"].meta["alpha"]
+    assert 1.0 < alpha <= 2.0
+    assert torch.isfinite(dequantize_state_dict(qs)["tok_emb.weight"]).all()
+
+
+def test_fit_downward_uses_headroom(model):
+    s_half, s1 = _size_at(model, 0.5), _size_at(model, 1.0)
+    limit = int(s1 + 0.5 * (s_half - s1))
+    log = []
+    res = fit_to_budget(_mq(model), limit, codec=payload_codec(Q), meta=META, log=log.append)
+    assert res.bytes <= limit and res.alpha < 1.0 and res.pruned == 0
+    assert res.bytes == artifact_size(res.qs, payload_codec(Q), META)
+    assert len(res.trials) <= Q.fit_max_iters + 1 and any("chose" in m for m in log)
+    assert limit - res.bytes <= Q.fit_tolerance_bytes or len(res.trials) >= 3
+
+
+def test_fit_prunes_when_alpha_is_not_enough(model):
+    s2 = _size_at(model, 2.0)
+    res = fit_to_budget(_mq(model), s2 - 150, codec=payload_codec(Q), meta=META)
+    assert res.bytes <= s2 - 150 and res.pruned > 0 and res.alpha == 2.0
+    with pytest.raises(BudgetError, match="cannot fit"):
+        fit_to_budget(_mq(model), 1000, codec=payload_codec(Q), meta=META)
+
+
+def test_prune_order_and_apply(model):
+    mq = _mq(model)
+    qs = mq.build(1.0)
+    names = [n for n, p in mq.plans.items() if p.kind == "rows" and p.fit]
+    order = prune_order(qs, names)
+    assert order.shape[0] == 2 and order.shape[1] > 0
+    costs = torch.stack([qs.tensors[names[int(t)]].parts["scale"].float()[int(i) // qs.tensors[names[int(t)]].parts["q"].shape[1]]
+                         for t, i in order.T[:50]])
+    assert bool((costs[1:] >= costs[:-1]).all())  # cheapest (smallest row scale) first
+    pruned = apply_prune(qs, order, names, 40)
+    changed = sum(int((pruned.tensors[n].parts["q"] != qs.tensors[n].parts["q"]).sum()) for n in names)
+    assert changed == 40
+    for n in names:  # the original is untouched and pruned codes went from ±1 to 0
+        diff = pruned.tensors[n].parts["q"] != qs.tensors[n].parts["q"]
+        assert bool((qs.tensors[n].parts["q"][diff].abs() == 1).all()) and bool((pruned.tensors[n].parts["q"][diff] == 0).all())
+
+
+def test_fit_with_pergroup_and_packing(model):
+    q = dataclasses.replace(Q, compressor="pergroup", pack_bits=True, codec="zlib")
+    s1 = _size_at(model, 1.0, q)
+    res = fit_to_budget(_mq(model, q), s1 - 300, codec=payload_codec(q), meta=META)
+    assert res.bytes <= s1 - 300
+    assert res.bytes == artifact_size(res.qs, "pergroup", META)
