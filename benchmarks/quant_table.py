@@ -44,14 +44,17 @@ from pgolf.quant.export import export_model, needs_calibration  # noqa: E402
 from pgolf.quant.options import payload_codec  # noqa: E402
 
 TOP = dict(scheme="mixed", matrix_bits=6, embed_bits=7, clip="sdclip", gptq=True)
+BEST = dict(lqer_rank=4, lqer_top_k=3, lqer_group=64, lqer_whiten=True, awq_top_k=1, awq_group=64,
+            compressor="pergroup", gate_int8=True, control_dtype="float16", fit_budget=True, fit_alpha_min=0.35,
+            fit_alpha_max=4.0)
 SCHEMES = {
     "int8_zlib": ("int8+zlib (baseline)", {}),
     "int6_zstd": ("int6 rows + zstd", dict(scheme="mixed", matrix_bits=6, embed_bits=8, clip="search", codec="zstd")),
     "gptq6_brotli": ("GPTQ int6 + brotli", dict(TOP, codec="brotli")),
-    "gptq_lqer_awq_pergroup": ("GPTQ + LQER + AWQ-lite + per-group (fit)",
-                               dict(TOP, lqer_rank=4, lqer_top_k=3, lqer_group=64, lqer_whiten=True, awq_top_k=1, awq_group=64,
-                                    compressor="pergroup", gate_int8=True, control_dtype="float16",
-                                    fit_budget=True, fit_alpha_min=0.35, fit_alpha_max=4.0)),
+    "gptq_lqer_awq_pergroup": ("GPTQ + LQER + AWQ-lite + per-group (fit)", dict(BEST, **TOP)),
+    # int8 codes with the step chosen by the fitter: same bytes as int6 at 4x the step, never more clipping
+    "gptq8_lqer_awq_pergroup": ("same, int8 codes (fit)", {**BEST, **TOP, "matrix_bits": 8, "embed_bits": 8,
+                                                               "fit_alpha_min": 0.5, "fit_alpha_max": 8.0}),
 }
 
 
