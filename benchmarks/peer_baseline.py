@@ -27,9 +27,10 @@ TOTAL = re.compile(r"Total submission size int8\+zlib: (\d+) bytes")
 PEAK = re.compile(r"peak memory allocated: (\d+) MiB")
 
 
-def run_pgolf(data: Path, wallclock: float, val_every: int, run_id: str, extra: list[str]) -> dict:
+def run_pgolf(data: Path, wallclock: float, val_every: int, run_id: str, extra: list[str], iterations: int = 20000) -> dict:
     cmd = [sys.executable, "-m", "pgolf", "train", "--preset", "baseline", "--run-id", run_id,
            "--set", f"data.path={data}", "--set", "data.corpus=proxy", "--set", f"train.wallclock_s={wallclock}",
+           "--set", f"train.iterations={iterations}",
            "--set", f"train.val_every={val_every}"] + [a for s in extra for a in ("--set", s)]
     print("+", " ".join(cmd), flush=True)
     t0 = time.time()
@@ -62,10 +63,11 @@ def parse_peer_log(text: str, batch_tokens: int) -> dict:
     }
 
 
-def run_peer(script: Path, data: Path, wallclock: float, val_every: int, workdir: Path) -> dict:
+def run_peer(script: Path, data: Path, wallclock: float, val_every: int, workdir: Path, iterations: int = 20000) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, DATA_PATH=str(data.resolve()), TOKENIZER_PATH=str((data / "tokenizer.model").resolve()),
                VOCAB_SIZE="1024", MAX_WALLCLOCK_SECONDS=str(wallclock), VAL_LOSS_EVERY=str(val_every),
+               ITERATIONS=str(iterations),
                RUN_ID="peer", TRAIN_LOG_EVERY="50")
     print(f"+ (cd {workdir}) python3 {script}", flush=True)
     t0 = time.time()
@@ -85,16 +87,21 @@ def main() -> None:
     ap.add_argument("--peer", type=Path, required=True, help="path to the official train_gpt.py")
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--wallclock", type=float, default=90.0)
+    ap.add_argument("--iterations", type=int, default=0,
+                    help="cap both runs at this many steps instead of the wallclock (0 = wallclock cap): both then "
+                         "use the iteration-based warmdown, so the LR schedule is identical step for step")
     ap.add_argument("--val-every", type=int, default=50)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--set", action="append", default=[], help="extra pgolf overrides")
     args = ap.parse_args()
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    ours = run_pgolf(args.data, args.wallclock, args.val_every, f"peer-baseline-{stamp}", args.set)
-    theirs = run_peer(args.peer, args.data, args.wallclock, args.val_every, Path("runs") / f"peer-official-{stamp}")
+    wallclock, iterations = (0.0, args.iterations) if args.iterations else (args.wallclock, 20000)
+    ours = run_pgolf(args.data, wallclock, args.val_every, f"peer-baseline-{stamp}", args.set, iterations)
+    theirs = run_peer(args.peer, args.data, wallclock, args.val_every, Path("runs") / f"peer-official-{stamp}",
+                      iterations)
     result = {
         "what": "pgolf baseline vs official naive baseline train_gpt.py, same shards/cap/GPU",
-        "data": str(args.data), "wallclock_s": args.wallclock, "device": ours.get("device"),
+        "data": str(args.data), "wallclock_s": wallclock, "iterations": iterations, "device": ours.get("device"),
         "pgolf": {"run_dir": ours["run_dir"], "steps": ours["steps"], "train_time_s": ours["train_time_s"],
                   "tokens_per_s": ours["tokens_per_s"], "val_bpb_prequant": ours["val_bpb"]["prequant"],
                   "val_bpb_roundtrip": ours["val_bpb"]["roundtrip"], "bytes_total": ours["bytes"]["total"],

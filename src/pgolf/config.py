@@ -64,9 +64,6 @@ class ModelConfig:
     rope_dims: int = 0  # partial RoPE: rotate only the first k dims of each head; 0 = all (PR #315/#287; TOP 16)
     rope_scaling: str = "none"  # none | ntk | yarn: stretch RoPE when T > rope_train_seq_len (eval at longer context)
     rope_train_seq_len: int = 1024  # the training length L that rope_scaling stretches from (set it to train.seq_len)
-    # The official baseline builds its RoPE tables in bf16 (its inv_freq buffer is cast by .bfloat16()), which rounds
-    # positions above 256 and angles; True reproduces that for a like-for-like comparison with train_gpt.py.
-    rope_bf16_tables: bool = False
     xsa_layers: str = "none"  # exclusive self-attention layer pattern: none | all | last:4 ... (arXiv:2603.09078)
     xsa_gated: bool = False  # XSA removal times tanh(xsa_alpha_h), alpha = 0: starts OFF (PR #2018/#2123)
     attn_out_gate_width: int = 0  # AttnOutGate y_h * 2 sigmoid(W x[:w]), W = 0; 0 off (#1880: 12, #1969: 32)

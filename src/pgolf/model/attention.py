@@ -56,7 +56,6 @@ class CausalSelfAttention(nn.Module):
         # RoPE: full or partial (first rope_dims dims), NTK / YaRN scaling past rope_train_seq_len.
         self.rope_base = cfg.rope_base
         self.rope_dims = cfg.rope_dims or cfg.head_dim
-        self.rope_bf16_tables = cfg.rope_bf16_tables
         self.rope_scaling, self.rope_train_len = cfg.rope_scaling, cfg.rope_train_seq_len
         self.backend = cfg.attn_backend
         if self.backend == "fa3":
@@ -97,7 +96,7 @@ class CausalSelfAttention(nn.Module):
         q, k = rms_norm(q), rms_norm(k)
         inv_freq, temp = scaled_inv_freq(self.rope_dims, self.rope_base, self.rope_scaling, T, self.rope_train_len,
                                          x.device)
-        cos, sin = rope_tables(T, inv_freq, q.dtype, bf16_tables=self.rope_bf16_tables)
+        cos, sin = rope_tables(T, inv_freq, q.dtype)
         q, k = apply_partial_rotary(q, cos, sin, self.rope_dims), apply_partial_rotary(k, cos, sin, self.rope_dims)
         gain = self.q_gain if temp == 1.0 else self.q_gain * temp  # YaRN temperature; T is static under compile
         q = q * gain.to(q.dtype)[None, :, None, None]

@@ -48,15 +48,8 @@ def scaled_inv_freq(rope_dims: int, base: float, scaling: str, seq_len: int, tra
     raise ValueError(f"model.rope_scaling={scaling!r} is not one of none, ntk, yarn")
 
 
-def rope_tables(seq_len: int, inv_freq: Tensor, dtype: torch.dtype, *, bf16_tables: bool = False) -> tuple[Tensor, Tensor]:
-    """cos/sin of shape (1, 1, T, k/2), built in fp32 then cast.
-
-    bf16_tables=True reproduces the official baseline, whose positions, angles and cos/sin are all bf16
-    (positions above 256 round to even numbers, above 512 to multiples of 4)."""
-    if bf16_tables:
-        freqs = torch.outer(torch.arange(seq_len, device=inv_freq.device, dtype=torch.bfloat16),
-                            inv_freq.to(torch.bfloat16))
-        return freqs.cos()[None, None].to(dtype), freqs.sin()[None, None].to(dtype)
+def rope_tables(seq_len: int, inv_freq: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """cos/sin of shape (1, 1, T, k/2), built in fp32 then cast (layout of ``layers.rotary_tables``)."""
     freqs = torch.outer(torch.arange(seq_len, device=inv_freq.device, dtype=torch.float32), inv_freq)
     return freqs.cos()[None, None].to(dtype), freqs.sin()[None, None].to(dtype)
 
