@@ -98,11 +98,16 @@ def main() -> None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for n in names:
             rows.append(run_variant(args.preset, n, suite[n], args.data, stamp))
+            write(args, rows)  # after every variant, so a call cut short still returns what it finished
+    write(args, rows)
+    print(table(rows))
+
+
+def write(args, rows: list[dict]) -> None:
     add_deltas(rows)
     out = {"suite": args.suite, "preset": args.preset, "proxy": True, "variants": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(table(rows))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ for job in "$@"; do
   echo "=== job $n: $job ($(date +%T))"
   case "$job" in
     gputests)
-      python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_attention.py tests/test_model_techniques.py 2>&1 | tail -4 ;;
+      python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_attention.py tests/test_model_techniques.py \
+        > "$OUT/gputests.log" 2>&1; tail -4 "$OUT/gputests.log" ;;
     parity:*)
       python3 benchmarks/peer_baseline.py --peer .peers/baseline_train_gpt.py --data data/proxy_sp1024 \
         --iterations "${job#parity:}" --val-every 50 --out "$OUT/parity_iterations.json" 2>&1 | tail -4 ;;
