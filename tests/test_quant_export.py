@@ -166,13 +166,15 @@ def test_reserve_and_config_checks():
         export_model(_model(), QuantConfig(**MIXED, fit_budget=True))
 
 
-def test_pipeline_mixed_export_end_to_end(byte_dataset, tmp_path):
+def test_pipeline_mixed_export_end_to_end(byte_dataset, tmp_path, monkeypatch):
     from conftest import tiny_run_config
     from pgolf.pipeline import run
 
+    monkeypatch.setattr("pgolf.pipeline.shipped_code_bytes", lambda: 50_000)  # minifying the package takes seconds
+
     cfg = tiny_run_config(byte_dataset, tmp_path / "runs", iterations=3, wallclock_s=600.0)
     q = QuantConfig(**{**MIXED, "keep_float_max_numel": 512}, gptq=True, gptq_calib_batches=2, gptq_reserve_s=1.0,
-                    lqer_rank=2, lqer_top_k=1, compressor="pergroup", fit_budget=True, fit_max_iters=3)
+                    lqer_rank=2, lqer_top_k=1, compressor="pergroup", fit_budget=True, fit_max_iters=2)
     summary = run(dataclasses.replace(cfg, quant=q), run_id="mixed")
     run_dir = tmp_path / "runs" / "mixed"
     log = (run_dir / "train.log").read_text()
@@ -181,3 +183,22 @@ def test_pipeline_mixed_export_end_to_end(byte_dataset, tmp_path):
     assert manifest["codec"] == "pergroup" and manifest["scheme"] == "mixed"
     assert summary["valid"] and 0 < summary["val_bpb"]["roundtrip"] < 8.5
     assert abs(summary["quant_tax_bpb"]) < 0.05
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_export_on_cuda_model(tmp_path):
+    from pgolf.model.gpt import cast_for_training
+
+    m = cast_for_training(_model(), torch.device("cuda"))  # bf16 embedding, fp32 linears, as after training
+    q = QuantConfig(**MIXED, gptq=True, awq_top_k=1, awq_group=16, lqer_rank=2, lqer_top_k=2, lqer_whiten=True,
+                    compressor="pergroup")
+    qs = export_model(m, q, calib=[b.cuda() for b in _batches()])
+    write_artifact(tmp_path / "g.pgz", qs, codec=payload_codec(q), meta={})
+    back, _ = read_artifact(tmp_path / "g.pgz")
+    sd = dequantize_state_dict(back)
+    assert sd["tok_emb.weight"].dtype == torch.bfloat16
+    m.load_state_dict(sd)
+    x = _batches()[0].cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        assert torch.isfinite(m(x, x))

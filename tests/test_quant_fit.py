@@ -83,15 +83,19 @@ def test_prune_order_and_apply(model):
     names = [n for n, p in mq.plans.items() if p.kind == "rows" and p.fit]
     order = prune_order(qs, names)
     assert order.shape[0] == 2 and order.shape[1] > 0
-    costs = torch.stack([qs.tensors[names[int(t)]].parts["scale"].float()[int(i) // qs.tensors[names[int(t)]].parts["q"].shape[1]]
-                         for t, i in order.T[:50]])
+    def cost(t, i):
+        qt = qs.tensors[names[int(t)]]
+        return qt.parts["scale"].float()[int(i) // qt.parts["q"].shape[1]]
+
+    costs = torch.stack([cost(t, i) for t, i in order.T[:50]])
     assert bool((costs[1:] >= costs[:-1]).all())  # cheapest (smallest row scale) first
     pruned = apply_prune(qs, order, names, 40)
     changed = sum(int((pruned.tensors[n].parts["q"] != qs.tensors[n].parts["q"]).sum()) for n in names)
     assert changed == 40
     for n in names:  # the original is untouched and pruned codes went from ±1 to 0
         diff = pruned.tensors[n].parts["q"] != qs.tensors[n].parts["q"]
-        assert bool((qs.tensors[n].parts["q"][diff].abs() == 1).all()) and bool((pruned.tensors[n].parts["q"][diff] == 0).all())
+        assert bool((qs.tensors[n].parts["q"][diff].abs() == 1).all())
+        assert bool((pruned.tensors[n].parts["q"][diff] == 0).all())
 
 
 def test_fit_with_pergroup_and_packing(model):

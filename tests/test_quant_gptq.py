@@ -101,3 +101,16 @@ def test_awq_groups_and_protected_columns():
     assert layer_output_error(x, w, w_hat) < layer_output_error(x, w, plain)
     with pytest.raises(ValueError, match="hi"):
         gptq_quantize(w, h, grid, protect=mask)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gptq_on_cuda_matches_cpu():
+    x, w, h = _layer()
+    grid = row_grid(w, RowSpec(bits=6, clip="sdclip", k=3.0))
+    q_cpu = gptq_quantize(w, h, grid, block=32)
+    gc = Grid(grid.scale.cuda(), None, grid.qmin, grid.qmax)
+    q_gpu = gptq_quantize(w.cuda(), h.cuda(), gc, block=32).cpu()
+    assert float((q_cpu == q_gpu).float().mean()) > 0.99  # rounding ties may differ in a few codes
+    rtn = layer_output_error(x, w, grid.dequantize(grid.quantize(w)))
+    assert layer_output_error(x, w, grid.dequantize(q_gpu)) < 0.6 * rtn

@@ -5,8 +5,9 @@ Per tensor: shape, scheme, bits, stored (raw) bytes, compressed bytes and, when 
 ||w - w_hat||_F / ||w||_F. Compressed bytes are attributed by compressing each tensor's parts alone
 with the artifact's own codec (for ``pergroup``: each part with its group's codec, shuffle and
 transposition), so they add up to roughly, not exactly, the payload. Totals by group (tok_emb,
-attn.c_q/c_k/c_v/proj, mlp.fc/proj, other quantized matrices, control/other floats), then code bytes vs model bytes vs headroom
-under the 16,000,000-byte limit, and a bar chart PNG (default ``<artifact>.bytes.png``).
+attn.c_q/c_k/c_v/proj, mlp.fc/proj, other quantized matrices, control/other floats), then code
+bytes vs model bytes vs headroom under the 16,000,000-byte limit, and a bar chart PNG (default
+``<artifact>.bytes.png``; the chart scales the group bytes to the real payload).
 
     rep = inspect_artifact("runs/x/artifact.pgz", png="runs/x/bytes.png")
     print(format_report(rep))
@@ -15,6 +16,8 @@ under the 16,000,000-byte limit, and a bar chart PNG (default ``<artifact>.bytes
 from __future__ import annotations
 
 import io
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -81,13 +84,16 @@ def inspect_artifact(path: str | Path, *, fp32: str | Path | None = None, code_b
         from pgolf.export.code import shipped_code_bytes
 
         code_bytes = shipped_code_bytes()
+    entries = manifest["tensors"]
+    with ThreadPoolExecutor(max_workers=max(1, min(len(entries), os.cpu_count() or 1))) as pool:  # codecs drop the GIL
+        alone = list(pool.map(lambda e: _alone_bytes(e, qs.tensors[e["name"]].parts, codec, groups), entries))
     rows = []
-    for entry in manifest["tensors"]:
+    for entry, nbytes in zip(entries, alone):
         name = entry["name"]
         qt = qs.tensors[name]
         row = {"name": name, "shape": list(qt.shape), "scheme": qt.scheme, "bits": qt.meta.get("bits"),
                "method": qt.meta.get("method", ""), "group": _display_group(name, qt.scheme),
-               "stored_bytes": qt.nbytes, "compressed_bytes": _alone_bytes(entry, qt.parts, codec, groups),
+               "stored_bytes": qt.nbytes, "compressed_bytes": nbytes,
                "extras": [k for k in ("lqer", "awq_group", "packed", "pruned") if qt.meta.get(k)]}
         if ref is not None and name in ref and ref[name].is_floating_point():
             w = ref[name].double()

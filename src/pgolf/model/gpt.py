@@ -54,6 +54,10 @@ class GPT(nn.Module):
         a plain bool read in forward: torch.compile guards on it and builds a second graph when it flips."""
         self.looping = self.order.has_loops and frac >= self.cfg.loop_enable_at
 
+    def progress_milestones(self) -> tuple[float, ...]:
+        """Training fractions at which the forward changes; the loop's compile warm-up primes each state."""
+        return (self.cfg.loop_enable_at,) if self.order.has_loops else ()
+
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Init table: tied tok_emb ~ N(0, tied_embed_init_std); untied tok_emb ~ N(0, 1) (nn.Embedding default);

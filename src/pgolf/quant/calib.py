@@ -52,7 +52,8 @@ def train_config_with_reserve(cfg: Any):
     return dataclasses.replace(tc, wallclock_s=tc.wallclock_s - reserve)
 
 
-def training_batches(cfg: Any, data: Any, device: torch.device, *, seed_offset: int = 7919) -> Callable[[], Iterator[Tensor]]:
+def training_batches(cfg: Any, data: Any, device: torch.device, *,
+                     seed_offset: int = 7919) -> Callable[[], Iterator[Tensor]]:
     """A callable yielding ``cfg.quant.gptq_calib_batches`` training micro-batches (inputs only).
 
     It reads the training shards from an offset that differs from the training stream's start."""

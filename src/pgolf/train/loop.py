@@ -89,9 +89,9 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
                 net.require_backward_grad_sync = micro == accum - 1
             yield loader.next_batch(tc.micro_batch_tokens, tc.seq_len, rt.device)
 
-    def one_step(step: int, elapsed: float, priming: bool = False) -> torch.Tensor:
+    def one_step(step: int, elapsed: float, priming: bool = False, at: float | None = None) -> torch.Tensor:
         frac, mul = progress(step, elapsed, tc), lr_mul(step, elapsed, tc)
-        model.set_progress(frac)
+        model.set_progress(frac if at is None else at)
         if not priming and qat is not None and qat.before_step(step, warmdown_mul(step, elapsed, tc)):
             log(f"late_qat:enabled step:{step} bits:{qat.bits} lr_mul:{mul:.4f}")
         opt.zero_grad(set_to_none=True)
@@ -116,11 +116,14 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
         init_model = copy.deepcopy(model.state_dict())
         init_opt = copy.deepcopy(opt.state_dict())
         init_loader = loader.state_dict()
-        for i in range(tc.warmup_steps):
-            one_step(i, 0.0, priming=True)
-        if tc.compile:  # also compile the eval graph before the clock starts
-            evaluate_flat(eval_losses, data.val_tokens, lut, seq_len=tc.seq_len, batch_tokens=cfg.eval.batch_tokens,
-                          device=rt.device, max_tokens=tc.seq_len * 2)
+        # Prime every graph the run will use: one pass per progress milestone (e.g. depth recurrence switching
+        # on at 35% of training is a second graph), so no recompilation lands on the clock.
+        for at in (0.0, *model.progress_milestones()):
+            for i in range(tc.warmup_steps):
+                one_step(i, 0.0, priming=True, at=at)
+            if tc.compile:  # and the eval graph in that state
+                evaluate_flat(eval_losses, data.val_tokens, lut, seq_len=tc.seq_len,
+                              batch_tokens=cfg.eval.batch_tokens, device=rt.device, max_tokens=tc.seq_len * 2)
         model.load_state_dict(init_model)
         opt.load_state_dict(init_opt)
         loader.load_state_dict(init_loader)
