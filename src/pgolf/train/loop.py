@@ -58,6 +58,16 @@ class TrainResult:
     averager: WeightAverager | None = None  # EMA / SWA (train/ema.py); the pipeline applies it before export
 
 
+def avoid_inductor_fusion_bug() -> None:
+    """torch 2.11's inductor asserts (``not isinstance(node1, FusedMixOrderReductions)`` in the scheduler) when
+    compiling the issue-4 'all' stack (MLP 3x, leaky relu², XSA, partial RoPE, SmearGate, parallel lanes, loops)
+    on an H100; turning off mix-order reduction fusion avoids it (same as TORCHINDUCTOR_MIX_ORDER_REDUCTION=0)."""
+    import torch._inductor.config as inductor_config
+
+    if hasattr(inductor_config.triton, "mix_order_reduction"):
+        inductor_config.triton.mix_order_reduction = False
+
+
 def autocast_ctx(device: torch.device):
     if device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
@@ -71,6 +81,8 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
     model = cast_for_training(GPT(cfg.model), rt.device)
     check_train_techniques(tc)
     qat = qat_mod.LateQAT.from_config(model, tc)  # before torch.compile: the flag must be a graph input
+    if tc.compile:
+        avoid_inductor_fusion_bug()
     compiled: nn.Module = torch.compile(model, dynamic=False, fullgraph=True) if tc.compile else model
     net: nn.Module = DDP(compiled, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None,
                          broadcast_buffers=False) if rt.distributed else compiled
