@@ -15,8 +15,28 @@ from pgolf.model.attention import CausalSelfAttention, xsa_project_out
 from pgolf.model.attn_backends import cu_seqlens, doc_causal_mask, doc_ids
 from pgolf.model.attn_rope import apply_partial_rotary, rope_inv_freq, rope_tables, scaled_inv_freq
 from pgolf.model.gpt import GPT, cast_for_training
-from pgolf.model.layers import CastedLinear, apply_rotary, rms_norm, rotary_tables
+from pgolf.model.layers import CastedLinear, rms_norm
 from pgolf.optim.policy import policy_for, resolve_policy
+
+
+# The foundation commit's full-RoPE formulas, kept here as the reference the new code must reproduce.
+def rotary_tables(seq_len: int, dim: int, base: float, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """cos/sin tables of shape (1, 1, T, dim/2), computed in fp32 then cast to the activation dtype.
+
+    The official script keeps ``inv_freq`` in a buffer that its ``.bfloat16()`` call also casts, so its
+    positions are built in bf16 and rounded above 256; here the tables are always built in fp32.
+    """
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim))
+    freqs = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
+    return freqs.cos()[None, None].to(dtype), freqs.sin()[None, None].to(dtype)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate-half RoPE over the whole last dimension of x (B, H, T, D)."""
+    half = x.size(-1) // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
+
 
 V, T, BOS = 64, 24, 1
 HEAD_DIM = 8  # model_dim 32 / 4 heads

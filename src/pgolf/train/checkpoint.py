@@ -4,7 +4,7 @@
 
 Rank 0 writes the model, loader position, step, trained seconds, validation curve, technique state
 (EMA/SWA shadows, late-QAT switch: identical on every rank) and RNG states; every rank writes its own
-optimizer state (distributed Muon keeps momentum only for the matrices a rank owns). Files are written
+optimizer state (today identical across ranks, since every rank keeps the full Muon momentum). Files are written
 to a temporary name and renamed, so an interrupted save leaves the previous good checkpoint in place.
 """
 
