@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
+import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,3 +56,41 @@ def tiny_run_config(data_dir, runs_dir, **train_kw) -> RunConfig:
 
 def with_train(cfg: RunConfig, **kw) -> RunConfig:
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **kw))
+
+
+def train_cpu(cfg: RunConfig, run_dir, resume: bool = False):
+    """Run the training loop on CPU in this process and return its TrainResult."""
+    from pgolf.data.dataset import Dataset
+    from pgolf.report.runlog import RunLog
+    from pgolf.train import loop
+    from pgolf.train.runtime import init_runtime, shutdown
+
+    rt = init_runtime("cpu")
+    try:
+        data = Dataset.open(cfg.data, cfg.model.vocab_size)
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        return loop.train_model(cfg, rt, data, Path(run_dir), RunLog(None, enabled=False), resume=resume)
+    finally:
+        shutdown(rt)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ddp_train_worker(rank: int, world: int, port: int, out_dir: str, cfg_dict: dict) -> None:
+    """torch.multiprocessing.spawn target: one gloo rank of the training loop; rank 0 saves
+    ``<out_dir>/ddp.pt`` with the final params, the logged curve and the EMA shadow (if any)."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    from pgolf.config import from_dict
+
+    torch.set_num_threads(1)
+    cfg = from_dict(cfg_dict)
+    res = train_cpu(cfg, out_dir)
+    if rank == 0:
+        torch.save({"params": {k: v.detach().clone() for k, v in res.model.state_dict().items()},
+                    "curve": res.curve, "ema": res.averager.ema.state() if res.averager and res.averager.ema else None},
+                   Path(out_dir) / "ddp.pt")

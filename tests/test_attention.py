@@ -9,13 +9,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from pgolf.config import ModelConfig
 from pgolf.model.attention import CausalSelfAttention, xsa_project_out
 from pgolf.model.attn_backends import cu_seqlens, doc_causal_mask, doc_ids
 from pgolf.model.attn_rope import apply_partial_rotary, rope_inv_freq, rope_tables, scaled_inv_freq
 from pgolf.model.gpt import GPT, cast_for_training
-from pgolf.model.layers import CastedLinear, rms_norm
+from pgolf.model.layers import rms_norm
 from pgolf.optim.policy import policy_for, resolve_policy
 
 

@@ -8,22 +8,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from conftest import tiny_run_config
+from conftest import tiny_run_config, train_cpu, with_train
 from pgolf.config import ModelConfig
-from pgolf.data.dataset import Dataset
 from pgolf.model.gpt import GPT
 from pgolf.model.layers import CastedLinear
 from pgolf.pipeline import run
-from pgolf.report.runlog import RunLog
-from pgolf.train import checkpoint, loop, qat
+from pgolf.train import checkpoint, qat
 from pgolf.train.ema import EMA, SWA, WeightAverager
-from pgolf.train.runtime import init_runtime, shutdown
 
 
 class _Toy(nn.Module):
@@ -121,24 +117,10 @@ def test_averager_state_dict_roundtrip_and_mismatch():
         WeightAverager(_Toy(), ema_decay=0.9).load_state_dict(a.state_dict())
 
 
-def _train(cfg, run_dir, resume=False):
-    rt = init_runtime("cpu")
-    try:
-        data = Dataset.open(cfg.data, cfg.model.vocab_size)
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        return loop.train_model(cfg, rt, data, Path(run_dir), RunLog(None, enabled=False), resume=resume)
-    finally:
-        shutdown(rt)
-
-
-def _with_train(cfg, **kw):
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **kw))
-
-
 def test_ema_swa_qat_resume_is_bit_exact(byte_dataset, tmp_path, monkeypatch):
-    cfg = _with_train(tiny_run_config(byte_dataset, tmp_path, iterations=6, checkpoint_every=3, warmdown_iters=6),
+    cfg = with_train(tiny_run_config(byte_dataset, tmp_path, iterations=6, checkpoint_every=3, warmdown_iters=6),
                       ema_decay=0.8, swa_every=2, swa_start_lr_mul=0.9, qat_bits=6, qat_start_lr_mul=0.6)
-    straight = _train(cfg, tmp_path / "straight")
+    straight = train_cpu(cfg, tmp_path / "straight")
     assert straight.averager.swa.count == 3  # steps 2, 4, 6 (lr_mul at their starts: 5/6, 3/6, 1/6)
 
     real_save, snap = checkpoint.save, tmp_path / "at3"
@@ -149,11 +131,11 @@ def test_ema_swa_qat_resume_is_bit_exact(byte_dataset, tmp_path, monkeypatch):
             shutil.copytree(run_dir, snap)
 
     monkeypatch.setattr(checkpoint, "save", save_and_snapshot)
-    _train(cfg, tmp_path / "interrupted")
+    train_cpu(cfg, tmp_path / "interrupted")
     monkeypatch.setattr(checkpoint, "save", real_save)
     saved = torch.load(snap / checkpoint.MODEL_FILE, weights_only=False)["extras"]
     assert saved["qat"]["enabled_at"] is None and saved["averager"]["swa"]["count"] == 1  # QAT switches at step 4
-    resumed = _train(cfg, snap, resume=True)
+    resumed = train_cpu(cfg, snap, resume=True)
     assert resumed.steps == 6
     for k, v in straight.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
@@ -161,11 +143,11 @@ def test_ema_swa_qat_resume_is_bit_exact(byte_dataset, tmp_path, monkeypatch):
         for k, v in getattr(straight.averager, part).state().items():
             assert torch.equal(v, getattr(resumed.averager, part).state()[k]), (part, k)
     with pytest.raises(ValueError, match="technique state"):
-        _train(_with_train(cfg, ema_decay=0.0, swa_every=0), snap, resume=True)
+        train_cpu(with_train(cfg, ema_decay=0.0, swa_every=0), snap, resume=True)
 
 
 def test_pipeline_scores_and_exports_the_ema_weights(byte_dataset, tmp_path):
-    cfg = _with_train(tiny_run_config(byte_dataset, tmp_path / "runs", iterations=8), ema_decay=0.5)
+    cfg = with_train(tiny_run_config(byte_dataset, tmp_path / "runs", iterations=8), ema_decay=0.5)
     summary = run(cfg, run_id="ema")
     bpb = summary["val_bpb"]
     assert summary["averaging"] == "ema"
@@ -174,7 +156,7 @@ def test_pipeline_scores_and_exports_the_ema_weights(byte_dataset, tmp_path):
     assert "prequant_post_ema val_loss" in log and "averaging:ema" in log
     # the float weights kept for export are the EMA weights, not the last step's
     fp32 = torch.load(tmp_path / "runs" / "ema" / "model_fp32.pt", weights_only=False)
-    last = _train(_with_train(cfg, ema_decay=0.0), tmp_path / "plain").model.state_dict()
+    last = train_cpu(with_train(cfg, ema_decay=0.0), tmp_path / "plain").model.state_dict()
     assert any(not torch.equal(fp32[k], v.float()) for k, v in last.items())
     assert json.loads((tmp_path / "runs" / "ema" / "summary.json").read_text())["val_bpb"] == bpb
 

@@ -7,18 +7,14 @@ fraction, schedules, the sharded Muon split, and "off => bit-identical training"
 from __future__ import annotations
 
 import dataclasses
-import os
-import socket
-from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from conftest import make_byte_dataset, tiny_run_config
+from conftest import ddp_train_worker, free_port, make_byte_dataset, tiny_run_config, train_cpu
 from pgolf.config import ModelConfig, OptimConfig, TrainConfig
-from pgolf.data.dataset import Dataset
 from pgolf.model.gpt import GPT
 from pgolf.optim.builder import build_optimizers, check_optim_techniques, muon_momentum_at, wd_mul
 from pgolf.optim.muon import (
@@ -30,9 +26,6 @@ from pgolf.optim.muon import (
     row_normalize,
     zeropower_newton_schulz,
 )
-from pgolf.report.runlog import RunLog
-from pgolf.train import loop
-from pgolf.train.runtime import init_runtime, shutdown
 from pgolf.train.schedule import check_train_techniques, lr_mul, progress, warmdown_mul
 
 
@@ -243,16 +236,6 @@ def test_sharded_muon_owner_split(monkeypatch):
 # Through the loop: neutral settings are bit-identical to the baseline; real settings change training
 
 
-def _train(cfg, run_dir):
-    rt = init_runtime("cpu")
-    try:
-        data = Dataset.open(cfg.data, cfg.model.vocab_size)
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        return loop.train_model(cfg, rt, data, Path(run_dir), RunLog(None, enabled=False))
-    finally:
-        shutdown(rt)
-
-
 def _with(cfg, optim=None, train=None):
     return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, **(optim or {})),
                                train=dataclasses.replace(cfg.train, **(train or {})))
@@ -261,7 +244,7 @@ def _with(cfg, optim=None, train=None):
 @pytest.fixture(scope="module")
 def baseline_run(byte_dataset, tmp_path_factory):
     cfg = tiny_run_config(byte_dataset, tmp_path_factory.mktemp("base"), iterations=6)
-    return cfg, {k: v.clone() for k, v in _train(cfg, cfg.runs_dir + "/b").model.state_dict().items()}
+    return cfg, {k: v.clone() for k, v in train_cpu(cfg, cfg.runs_dir + "/b").model.state_dict().items()}
 
 
 def test_neutral_settings_train_bit_identically_to_the_baseline(baseline_run, tmp_path):
@@ -273,7 +256,7 @@ def test_neutral_settings_train_bit_identically_to_the_baseline(baseline_run, tm
                     train=dict(lr_warmup_frac=0.0, loader="stream",
                                ema_decay=0.99, swa_every=2, swa_start_lr_mul=2.0,  # averaging never feeds back
                                qat_bits=6, qat_start_lr_mul=0.0))  # QAT attached, flag stays 0
-    res = _train(neutral, tmp_path / "n")
+    res = train_cpu(neutral, tmp_path / "n")
     assert res.averager is not None and res.averager.swa.count == 3
     for k, v in res.model.state_dict().items():
         assert torch.equal(v, base[k]), k
@@ -292,7 +275,7 @@ def test_neutral_settings_train_bit_identically_to_the_baseline(baseline_run, tm
 ], ids=lambda c: ",".join(f"{k}={v}" for d in c.values() for k, v in d.items()))
 def test_each_technique_changes_training(baseline_run, tmp_path, change):
     cfg, base = baseline_run
-    res = _train(_with(cfg, **change), tmp_path / "c")
+    res = train_cpu(_with(cfg, **change), tmp_path / "c")
     diff = max((v.float() - base[k].float()).abs().max().item() for k, v in res.model.state_dict().items())
     assert diff > 1e-4, diff
     assert all(torch.isfinite(v).all() for v in res.model.state_dict().values())
@@ -302,30 +285,6 @@ def test_each_technique_changes_training(baseline_run, tmp_path, change):
 # DDP: 2 gloo processes (1 micro-batch each) == 1 process accumulating 2, with the stack on and a clip
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank, world, port, out_dir, cfg_dict):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    from pgolf.config import from_dict
-
-    torch.set_num_threads(1)
-    cfg = from_dict(cfg_dict)
-    rt = init_runtime("cpu")
-    try:
-        data = Dataset.open(cfg.data, cfg.model.vocab_size)
-        res = loop.train_model(cfg, rt, data, Path(out_dir), RunLog(None, enabled=False))
-        if rank == 0:
-            torch.save({"params": {k: v.clone() for k, v in res.model.state_dict().items()},
-                        "ema": res.averager.ema.state(), "curve": res.curve}, Path(out_dir) / "ddp.pt")
-    finally:
-        shutdown(rt)
-
-
 def test_two_process_clip_and_optimizer_stack_equal_one_process(tmp_path):
     data = make_byte_dataset(tmp_path / "ds", n_train=80, n_val=10)
     cfg = tiny_run_config(data, tmp_path, iterations=3)
@@ -333,9 +292,9 @@ def test_two_process_clip_and_optimizer_stack_equal_one_process(tmp_path):
                                 embed_wd=0.05, adam_wd=0.02, wd_taper_start_frac=0.3, wd_taper_final_mul=0.5),
                 train=dict(loader="coprime", ema_decay=0.9, qat_bits=6, qat_start_lr_mul=0.9))
     assert cfg.train.grad_accum(1) == 2 and cfg.train.grad_accum(2) == 1
-    single = _train(cfg, tmp_path / "one")
+    single = train_cpu(cfg, tmp_path / "one")
     assert single.averager is not None
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path), cfg.to_dict()), nprocs=2, join=True)
+    mp.spawn(ddp_train_worker, args=(2, free_port(), str(tmp_path), cfg.to_dict()), nprocs=2, join=True)
     ddp = torch.load(tmp_path / "ddp.pt", weights_only=False)
     one = [p["train_loss"] for p in single.curve if "train_loss" in p]
     two = [p["train_loss"] for p in ddp["curve"] if "train_loss" in p]

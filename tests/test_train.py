@@ -4,31 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
-import socket
-from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import make_byte_dataset, tiny_run_config, with_train
-from pgolf.data.dataset import Dataset
+from conftest import ddp_train_worker, free_port, make_byte_dataset, tiny_run_config, train_cpu
 from pgolf.pipeline import run, score_artifact
-from pgolf.report.runlog import RunLog
 from pgolf.train import checkpoint, loop
-from pgolf.train.runtime import init_runtime, shutdown
-
-
-def _train(cfg, run_dir, resume=False):
-    rt = init_runtime("cpu")
-    try:
-        data = Dataset.open(cfg.data, cfg.model.vocab_size)
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        return loop.train_model(cfg, rt, data, Path(run_dir), RunLog(None, enabled=False), resume=resume)
-    finally:
-        shutdown(rt)
 
 
 def _params(model):
@@ -58,14 +42,14 @@ def test_end_to_end_run_writes_everything(byte_dataset, tmp_path):
 
 
 def test_training_lowers_the_loss(byte_dataset, tmp_path):
-    res = _train(tiny_run_config(byte_dataset, tmp_path, iterations=30, warmdown_iters=0), tmp_path / "r")
+    res = train_cpu(tiny_run_config(byte_dataset, tmp_path, iterations=30, warmdown_iters=0), tmp_path / "r")
     losses = [p["train_loss"] for p in res.curve if "train_loss" in p]
     assert losses[-1] < losses[0] - 1.0
 
 
 def test_resume_is_bit_exact(byte_dataset, tmp_path, monkeypatch):
     cfg = tiny_run_config(byte_dataset, tmp_path, iterations=6, checkpoint_every=3)
-    straight = _params(_train(cfg, tmp_path / "straight").model)
+    straight = _params(train_cpu(cfg, tmp_path / "straight").model)
 
     real_save = checkpoint.save
     snap = tmp_path / "at3"
@@ -76,9 +60,9 @@ def test_resume_is_bit_exact(byte_dataset, tmp_path, monkeypatch):
             shutil.copytree(run_dir, snap)
 
     monkeypatch.setattr(checkpoint, "save", save_and_snapshot)
-    _train(cfg, tmp_path / "interrupted")
+    train_cpu(cfg, tmp_path / "interrupted")
     monkeypatch.setattr(checkpoint, "save", real_save)
-    resumed = _train(cfg, snap, resume=True)
+    resumed = train_cpu(cfg, snap, resume=True)
     assert resumed.steps == 6
     for k, v in straight.items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
@@ -97,33 +81,10 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(byte_dataset, tmp_path, m
 
     monkeypatch.setattr(GPT, "forward", poisoned)
     with pytest.raises(loop.TrainingDiverged, match="non-finite"):
-        _train(cfg, tmp_path / "nan")
+        train_cpu(cfg, tmp_path / "nan")
     state = torch.load(tmp_path / "nan" / checkpoint.MODEL_FILE, weights_only=False)
     assert state["step"] == 4
     assert all(torch.isfinite(v).all() for v in state["model"].values())
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank, world, port, data_dir, out_dir, cfg_dict):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    from pgolf.config import from_dict
-
-    torch.set_num_threads(1)
-    cfg = from_dict(cfg_dict)
-    rt = init_runtime("cpu")
-    try:
-        data = Dataset.open(cfg.data, cfg.model.vocab_size)
-        res = loop.train_model(cfg, rt, data, Path(out_dir), RunLog(None, enabled=False))
-        if rank == 0:
-            torch.save({"params": _params(res.model), "curve": res.curve}, Path(out_dir) / "ddp.pt")
-    finally:
-        shutdown(rt)
 
 
 @pytest.mark.parametrize("clip", [0.0, 0.05])
@@ -131,9 +92,9 @@ def test_two_process_gloo_equals_one_process_with_accumulation(tmp_path, clip):
     data = make_byte_dataset(tmp_path / "ds")
     cfg = tiny_run_config(data, tmp_path, iterations=4)  # batch 256 = 2 micro-batches of 128
     cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, grad_clip_norm=clip))
-    single = _train(cfg, tmp_path / "one")
+    single = train_cpu(cfg, tmp_path / "one")
     assert cfg.train.grad_accum(1) == 2 and cfg.train.grad_accum(2) == 1
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(data), str(tmp_path), cfg.to_dict()), nprocs=2, join=True)
+    mp.spawn(ddp_train_worker, args=(2, free_port(), str(tmp_path), cfg.to_dict()), nprocs=2, join=True)
     ddp = torch.load(tmp_path / "ddp.pt", weights_only=False)
     one = [p["train_loss"] for p in single.curve if "train_loss" in p]
     two = [p["train_loss"] for p in ddp["curve"] if "train_loss" in p]

@@ -24,7 +24,7 @@ from pgolf.export.artifact import read_artifact, write_artifact
 from pgolf.export.budget import ByteBudget
 from pgolf.export.code import shipped_code_bytes
 from pgolf.fileio import atomic_write_bytes, atomic_write_json
-from pgolf.model.gpt import GPT, cast_for_training, control_param
+from pgolf.model.gpt import GPT, cast_for_training
 from pgolf.quant.calib import training_batches
 from pgolf.quant.export import export_model
 from pgolf.quant.int8 import dequantize_state_dict

@@ -27,29 +27,16 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from pgolf.data.shards import list_shards, read_header, read_shard
+from pgolf.data.loaders_common import ShardSet, check_batch_args, check_rank, to_device
 
 
 class TokenLoader:
     def __init__(self, files: Sequence[str | Path] | str | Path, *, rank: int = 0, world_size: int = 1,
                  seed: int = 0, vocab_size: int | None = None):
-        if isinstance(files, (str, Path)):
-            directory = Path(files)
-            files = list_shards(directory, "train")
-            if not files:
-                raise FileNotFoundError(f"no fineweb_train_*.bin shards in {directory}")
-        self.files = [Path(f) for f in files]
-        if not self.files:
-            raise FileNotFoundError("TokenLoader needs at least one shard file")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank} world_size={world_size}")
+        check_rank(rank, world_size)
         self.rank, self.world_size, self.seed = int(rank), int(world_size), int(seed)
-        self.vocab_size = vocab_size
-        self.sizes = [read_header(f) for f in self.files]  # validates magic/version/size up front
-        self.total_tokens = int(sum(self.sizes))
-        if self.total_tokens == 0:
-            raise ValueError(f"training shards hold no tokens: {', '.join(str(f) for f in self.files)}")
-        self._maps: dict[int, np.ndarray] = {}
+        self.data = ShardSet(files, vocab_size, "TokenLoader")  # validates every shard header up front
+        self.files, self.sizes, self.total_tokens = self.data.files, self.data.sizes, self.data.total_tokens
         self.shard, self.pos = self._locate(self._start_offset())
         self.wraps = 0  # times the stream went past the end of the last shard
         self.consumed = 0  # tokens of the global stream consumed by all ranks together
@@ -67,13 +54,6 @@ class TokenLoader:
             offset -= n
         raise AssertionError("offset past the end of the data")
 
-    def _tokens(self, idx: int) -> np.ndarray:
-        if idx not in self._maps:
-            if len(self._maps) >= 2:  # keep the current and the previous shard mapped
-                self._maps.pop(next(iter(self._maps)))
-            self._maps[idx] = read_shard(self.files[idx], vocab_size=self.vocab_size, mmap=True)
-        return self._maps[idx]
-
     def _move(self, n: int, out: np.ndarray | None) -> None:
         """Advance the stream by `n` tokens, copying them into `out` when given."""
         done = 0
@@ -88,7 +68,7 @@ class TokenLoader:
                 continue
             k = min(avail, n - done)
             if out is not None:
-                out[done: done + k] = self._tokens(self.shard)[self.pos: self.pos + k]
+                out[done: done + k] = self.data.tokens(self.shard)[self.pos: self.pos + k]
             self.pos += k
             done += k
         self.consumed += n
@@ -97,22 +77,13 @@ class TokenLoader:
     def next_batch(self, micro_tokens: int, seq_len: int, device: str | torch.device = "cpu"
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, y)`` int64 of shape ``(micro_tokens // seq_len, seq_len)`` for this rank; y is x shifted by one."""
-        if micro_tokens <= 0 or seq_len <= 0 or micro_tokens % seq_len:
-            raise ValueError(f"micro_tokens={micro_tokens} must be a positive multiple of seq_len={seq_len}")
+        check_batch_args(micro_tokens, seq_len)
         span = micro_tokens + 1
         local = np.empty(span, dtype=np.int64)
         self._move(self.rank * span, None)
         self._move(span, local)
         self._move((self.world_size - self.rank - 1) * span, None)
-        t = torch.from_numpy(local)
-        device = torch.device(device)
-        if device.type == "cuda":
-            t = t.pin_memory()
-        x = t[:-1].view(-1, seq_len)
-        y = t[1:].view(-1, seq_len)
-        if device.type == "cpu":
-            return x, y
-        return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        return to_device(local[:-1].reshape(-1, seq_len), local[1:].reshape(-1, seq_len), device)
 
     @property
     def epochs(self) -> float:
@@ -122,15 +93,10 @@ class TokenLoader:
     # -- resume ----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"shard": self.shard, "pos": self.pos, "wraps": self.wraps, "consumed": self.consumed,
-                "seed": self.seed, "files": [f.name for f in self.files], "sizes": list(self.sizes)}
+                "seed": self.seed, **self.data.identity()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        names = [f.name for f in self.files]
-        if list(state.get("files", names)) != names or list(state.get("sizes", self.sizes)) != self.sizes:
-            raise ValueError(
-                f"loader state was saved for shards {state.get('files')} with sizes {state.get('sizes')}, "
-                f"but this loader reads {names} with sizes {self.sizes}"
-            )
+        self.data.check_identity(state, "loader")
         shard, pos = int(state["shard"]), int(state["pos"])
         if not (0 <= shard < len(self.files) and 0 <= pos <= self.sizes[shard]):
             raise ValueError(f"loader state position shard={shard} pos={pos} is outside the data")

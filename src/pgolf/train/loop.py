@@ -24,7 +24,6 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from pgolf.config import RunConfig
 from pgolf.data.dataset import Dataset
-from pgolf.data.loader import TokenLoader
 from pgolf.eval.bpb import ByteLUT
 from pgolf.eval.flat import evaluate_flat
 from pgolf.model.gpt import GPT, cast_for_training
@@ -151,7 +150,6 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
         step, curve, elapsed0 = state["step"], state["curve"], state["elapsed_s"]
         log(f"resumed from {run_dir / checkpoint.MODEL_FILE} at step {step} ({elapsed0:.1f}s trained)")
 
-    train_tokens = max(data.train_token_count(), 1)
     clock = Clock(rt.device, elapsed0)
     if rt.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(rt.device)
