@@ -266,9 +266,9 @@ def test_late_qat_switch_is_sticky_and_resumable():
 def test_gpu_qat_under_inductor():
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    import torch._dynamo
+    from torch import _dynamo
 
-    torch._dynamo.reset()
+    _dynamo.reset()
     from pgolf.model.gpt import cast_for_training
 
     model = cast_for_training(_tiny_gpt(), torch.device("cuda"))
