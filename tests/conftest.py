@@ -94,3 +94,17 @@ def ddp_train_worker(rank: int, world: int, port: int, out_dir: str, cfg_dict: d
         torch.save({"params": {k: v.detach().clone() for k, v in res.model.state_dict().items()},
                     "curve": res.curve, "ema": res.averager.ema.state() if res.averager and res.averager.ema else None},
                    Path(out_dir) / "ddp.pt")
+
+
+def small_trained_like_gpt(vocab_size: int = 96, seed: int = 0):
+    """A 2-layer d=32 GPT whose matrices are N(0, 0.05) instead of the zero/identity init, so every tensor
+    carries signal for quantization tests."""
+    from pgolf.model.gpt import GPT
+
+    torch.manual_seed(seed)
+    m = GPT(ModelConfig(vocab_size=vocab_size, num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1))
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if p.ndim == 2 and "resid_mix" not in name:
+                p.normal_(0, 0.05)
+    return m

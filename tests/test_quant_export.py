@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from pgolf.config import ModelConfig, QuantConfig, RunConfig, TrainConfig, apply_overrides
+from conftest import small_trained_like_gpt
+from pgolf.config import QuantConfig, RunConfig, TrainConfig, apply_overrides
 from pgolf.export.artifact import pack_state, read_artifact, write_artifact
 from pgolf.model.gpt import GPT, control_param
 from pgolf.quant.calib import collect_hessians, train_config_with_reserve
@@ -22,13 +23,7 @@ MIXED = dict(scheme="mixed", keep_float_max_numel=256, matrix_bits=6, embed_bits
 
 
 def _model(seed=0) -> GPT:
-    torch.manual_seed(seed)
-    m = GPT(ModelConfig(vocab_size=96, num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1))
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if p.ndim == 2 and "resid_mix" not in name:
-                p.normal_(0, 0.05)
-    return m
+    return small_trained_like_gpt(96, seed)
 
 
 def _batches(n=3, seed=1):

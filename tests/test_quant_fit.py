@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from pgolf.config import ModelConfig, QuantConfig
+from conftest import small_trained_like_gpt
+from pgolf.config import QuantConfig
 from pgolf.export.artifact import write_artifact
 from pgolf.model.gpt import GPT
 from pgolf.quant.export import MixedQuantizer, export_model
@@ -23,13 +24,7 @@ META = {"run": "fit-test"}
 
 @pytest.fixture(scope="module")
 def model() -> GPT:
-    torch.manual_seed(0)
-    m = GPT(ModelConfig(vocab_size=128, num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1))
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if p.ndim == 2 and "resid_mix" not in name:
-                p.normal_(0, 0.05)
-    return m
+    return small_trained_like_gpt(128)
 
 
 def _mq(model, q=Q) -> MixedQuantizer:

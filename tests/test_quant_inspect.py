@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from pgolf.config import ModelConfig, QuantConfig
+from conftest import small_trained_like_gpt
+from pgolf.config import QuantConfig
 from pgolf.export.artifact import write_artifact
 from pgolf.export.inspect import format_report, inspect_artifact
-from pgolf.model.gpt import GPT
 from pgolf.quant.export import export_model
 from pgolf.quant.options import payload_codec
 
@@ -18,12 +18,7 @@ from pgolf.quant.options import payload_codec
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("run")
-    torch.manual_seed(0)
-    m = GPT(ModelConfig(vocab_size=96, num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1))
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if p.ndim == 2 and "resid_mix" not in name:
-                p.normal_(0, 0.05)
+    m = small_trained_like_gpt(96)
     q = QuantConfig(scheme="mixed", keep_float_max_numel=256, matrix_bits=6, embed_bits=8, clip="sdclip",
                     lqer_rank=2, lqer_top_k=1, compressor="pergroup")
     qs = export_model(m, q)
