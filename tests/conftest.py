@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pgolf.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, QuantConfig, RunConfig, TrainConfig
-from pgolf.data.shards import ShardWriter
+from pgolf.data.shards import ShardWriter, shard_path, write_shard
 from pgolf.data.tokenizer import Byte260Tokenizer
 
 # The suite is many tiny tensor ops on a 2-core machine: one intra-op thread avoids pool contention.
@@ -108,3 +108,14 @@ def small_trained_like_gpt(vocab_size: int = 96, seed: int = 0):
             if p.ndim == 2 and "resid_mix" not in name:
                 p.normal_(0, 0.05)
     return m
+
+
+def position_shards(directory, sizes) -> list:
+    """Train shards whose tokens are their global stream positions (all distinct; keep the total < 65536)."""
+    import numpy as np
+
+    files, start = [], 0
+    for i, n in enumerate(sizes):
+        files.append(write_shard(shard_path(directory, "train", i), np.arange(start, start + n)))
+        start += n
+    return files

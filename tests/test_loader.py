@@ -6,20 +6,15 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import position_shards
 from pgolf.data.loader import TokenLoader
-from pgolf.data.shards import shard_path, write_shard
 
 SIZES = (1000, 777, 1500)
 
 
 @pytest.fixture()
 def shards(tmp_path):
-    """Three shards whose tokens are their global stream positions (all distinct)."""
-    files, start = [], 0
-    for i, n in enumerate(SIZES):
-        files.append(write_shard(shard_path(tmp_path, "train", i), np.arange(start, start + n)))
-        start += n
-    return files
+    return position_shards(tmp_path, SIZES)
 
 
 STREAM = np.arange(sum(SIZES))

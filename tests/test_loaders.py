@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from pgolf.config import TrainConfig
+from conftest import position_shards
 from pgolf.data.loader import TokenLoader
 from pgolf.data.loaders_common import build_loader
 from pgolf.data.loaders_coprime import CoprimeLoader
@@ -26,12 +27,7 @@ SEQ = 64
 
 @pytest.fixture()
 def pos_shards(tmp_path):
-    """Shards whose tokens are their global stream positions (all distinct; < 65536 so uint16 holds them)."""
-    files, start = [], 0
-    for i, n in enumerate(SIZES):
-        files.append(write_shard(shard_path(tmp_path, "train", i), np.arange(start, start + n)))
-        start += n
-    return files
+    return position_shards(tmp_path, SIZES)
 
 
 def _offsets():

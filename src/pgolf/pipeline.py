@@ -20,7 +20,7 @@ from pgolf.config import ModelConfig, RunConfig, from_dict
 from pgolf.data.dataset import Dataset
 from pgolf.eval.bpb import ByteLUT
 from pgolf.eval.flat import evaluate_flat
-from pgolf.export.artifact import read_artifact, write_artifact
+from pgolf.export.artifact import read_artifact, read_manifest, write_artifact
 from pgolf.export.budget import ByteBudget
 from pgolf.export.code import shipped_code_bytes
 from pgolf.fileio import atomic_write_bytes, atomic_write_json
@@ -207,7 +207,7 @@ def score_artifact(path: str | Path, *, data_dir: str | None = None, device: str
     rt = init_runtime(device)
     try:
         path = Path(path)
-        _, manifest = read_artifact(path)
+        manifest = read_manifest(path)  # the full read and checks happen once, in load_artifact_model
         meta = manifest["config"]
         data_cfg = DataConfig(**{**meta["data"], **({"path": data_dir} if data_dir else {})})
         model_cfg = ModelConfig(**meta["model"])
