@@ -52,10 +52,14 @@ SCHEMES = {
     "int6_zstd": ("int6 rows + zstd", dict(scheme="mixed", matrix_bits=6, embed_bits=8, clip="search", codec="zstd")),
     "gptq6_brotli": ("GPTQ int6 + brotli", dict(TOP, codec="brotli")),
     "gptq_lqer_awq_pergroup": ("GPTQ + LQER + AWQ-lite + per-group (fit)", dict(BEST, **TOP)),
+    # GPTQ's own effect at the record's SDClip rule: the same int6 codes with and without error feedback
+    "int6_sdclip_zstd": ("int6 SDClip, plain rounding + zstd", dict(TOP, gptq=False, codec="zstd")),
+    "gptq6_sdclip_zstd": ("GPTQ int6 SDClip + zstd", dict(TOP, codec="zstd")),
     # int8 codes with the step chosen by the fitter: same bytes as int6 at 4x the step, never more clipping
     "gptq8_lqer_awq_pergroup": ("same, int8 codes (fit)", {**BEST, **TOP, "matrix_bits": 8, "embed_bits": 8,
                                                                "fit_alpha_min": 0.5, "fit_alpha_max": 8.0}),
 }
+DEFAULT_SCHEMES = ["int8_zlib", "int6_zstd", "gptq6_brotli", "gptq_lqer_awq_pergroup", "gptq8_lqer_awq_pergroup"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run", required=True, help="run folder with model_fp32.pt and config.json")
     ap.add_argument("--data", default=None, help="dataset folder (default: the run's)")
     ap.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/quant_table_<run>.json)")
-    ap.add_argument("--schemes", default=",".join(SCHEMES), help=f"comma list from: {', '.join(SCHEMES)}")
+    ap.add_argument("--schemes", default=",".join(DEFAULT_SCHEMES), help=f"comma list from: {', '.join(SCHEMES)}")
     ap.add_argument("--val-tokens", type=int, default=0, help="score only the first N val tokens (0 = all)")
     ap.add_argument("--calib-batches", type=int, default=16, help="training micro-batches for the Hessians")
     ap.add_argument("--keep-float-max-numel", type=int, default=None, help="override (tiny models: e.g. 4096)")

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from pgolf.eval.bpb import BPBAccumulator, ByteLUT
-from pgolf.eval.flat import evaluate_flat, usable_val_tokens
+from pgolf.eval.flat import evaluate_flat, flat_batch_shapes, usable_val_tokens
 
 
 def toy_lut():
@@ -44,3 +44,18 @@ def test_flat_eval_uniform_model_gives_log2_vocab_bits_per_token():
     nbytes = int(lut.target_bytes(x, y).sum())
     assert r.bytes == nbytes
     assert math.isclose(r.bpb, 12 * math.log2(V) / nbytes, rel_tol=1e-12)
+
+
+def test_flat_batch_shapes_are_exactly_the_shapes_evaluate_flat_uses():
+    # the compile warm-up primes these shapes; a missing one would recompile on the clock
+    lut, stream = toy_lut(), np.random.default_rng(0).integers(0, 6, size=1000).astype(np.uint16)
+    for L, batch, cap in ((16, 64, 0), (16, 64, 200), (32, 32, 0), (8, 1000, 0)):
+        seen = set()
+
+        def record(x, y):
+            seen.add(tuple(x.shape))
+            return torch.zeros(x.shape)
+
+        evaluate_flat(record, stream, lut, seq_len=L, batch_tokens=batch, device=torch.device("cpu"), max_tokens=cap)
+        assert sorted(seen) == flat_batch_shapes(len(stream), seq_len=L, batch_tokens=batch, max_tokens=cap)
+    assert flat_batch_shapes(1000, seq_len=16, batch_tokens=64) == [(2, 16), (4, 16)]  # 62 windows = 15*4 + 2

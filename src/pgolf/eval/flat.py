@@ -24,6 +24,26 @@ def usable_val_tokens(num_tokens: int, seq_len: int) -> int:
     return windows * seq_len + 1
 
 
+def _window_batches(num_tokens: int, seq_len: int, batch_tokens: int, max_tokens: int, rank: int,
+                    world: int) -> list[tuple[int, int]]:
+    """(first, end) window indices of each batch this rank scores."""
+    n = usable_val_tokens(num_tokens if not max_tokens else min(max_tokens + 1, num_tokens), seq_len)
+    total_windows = (n - 1) // seq_len
+    first, last = total_windows * rank // world, total_windows * (rank + 1) // world
+    per_batch = max(1, batch_tokens // (world * seq_len))
+    return [(w0, min(w0 + per_batch, last)) for w0 in range(first, last, per_batch)]
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _autocast(device: torch.device):
+    return torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
+
+
 @torch.no_grad()
 def evaluate_flat(
     token_losses: Callable[[Tensor, Tensor], Tensor],
@@ -40,24 +60,35 @@ def evaluate_flat(
 
     max_tokens > 0 scores only the first max_tokens tokens (periodic validation during training).
     """
-    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    n = usable_val_tokens(len(val_tokens) if not max_tokens else min(max_tokens + 1, len(val_tokens)), seq_len)
-    total_windows = (n - 1) // seq_len
-    first, last = total_windows * rank // world, total_windows * (rank + 1) // world
-    per_batch = max(1, batch_tokens // (world * seq_len))
+    rank, world = _rank_world()
     acc = BPBAccumulator(device)
-    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
-    for w0 in range(first, last, per_batch):
-        w1 = min(w0 + per_batch, last)
+    for w0, w1 in _window_batches(len(val_tokens), seq_len, batch_tokens, max_tokens, rank, world):
         chunk = torch.from_numpy(np.asarray(val_tokens[w0 * seq_len : w1 * seq_len + 1], dtype=np.int64))
         chunk = chunk.to(device, non_blocking=True)
         x = chunk[:-1].view(-1, seq_len)
         y = chunk[1:].view(-1, seq_len)
-        with autocast:
+        with _autocast(device):
             nll = token_losses(x, y)
         acc.add(nll, lut.target_bytes(x, y))
     return acc.result()
+
+
+def flat_batch_shapes(num_tokens: int, *, seq_len: int, batch_tokens: int, max_tokens: int = 0) -> list[tuple[int, int]]:
+    """The distinct (batch, seq_len) input shapes `evaluate_flat` will call `token_losses` with on this rank."""
+    rank, world = _rank_world()
+    sizes = {w1 - w0 for w0, w1 in _window_batches(num_tokens, seq_len, batch_tokens, max_tokens, rank, world)}
+    return [(b, seq_len) for b in sorted(sizes)]
+
+
+@torch.no_grad()
+def prime_shapes(token_losses: Callable[[Tensor, Tensor], Tensor], shapes: list[tuple[int, int]],
+                 device: torch.device) -> None:
+    """Call `token_losses` once per shape on zeros, so a compiled (static-shape) eval graph is built for each
+    before the training clock starts rather than during the first real evaluation."""
+    for shape in shapes:
+        x = torch.zeros(shape, dtype=torch.int64, device=device)
+        with _autocast(device):
+            token_losses(x, x)
 
 
 class _null:

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from pgolf.config import RunConfig
 from pgolf.data.dataset import Dataset
 from pgolf.eval.bpb import ByteLUT
-from pgolf.eval.flat import evaluate_flat
+from pgolf.eval.flat import evaluate_flat, flat_batch_shapes, prime_shapes
 from pgolf.model.gpt import GPT, cast_for_training
 from pgolf.data.loaders_common import build_loader
 from pgolf.optim.builder import build_optimizers, muon_momentum_at, wd_mul
@@ -127,14 +127,18 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
         init_model = copy.deepcopy(model.state_dict())
         init_opt = copy.deepcopy(opt.state_dict())
         init_loader = loader.state_dict()
+        eval_shapes = sorted({*flat_batch_shapes(len(data.val_tokens), seq_len=cfg.eval.seq_len or tc.seq_len,
+                                                 batch_tokens=cfg.eval.batch_tokens),
+                              *(flat_batch_shapes(len(data.val_tokens), seq_len=tc.seq_len,
+                                                  batch_tokens=cfg.eval.batch_tokens, max_tokens=tc.val_max_tokens)
+                                if tc.val_every > 0 else [])})
         # Prime every graph the run will use: one pass per progress milestone (e.g. depth recurrence switching
         # on at 35% of training is a second graph), so no recompilation lands on the clock.
         for at in (0.0, *model.progress_milestones()):
             for i in range(tc.warmup_steps):
                 one_step(i, 0.0, priming=True, at=at)
-            if tc.compile:  # and the eval graph in that state
-                evaluate_flat(eval_losses, data.val_tokens, lut, seq_len=tc.seq_len,
-                              batch_tokens=cfg.eval.batch_tokens, device=rt.device, max_tokens=tc.seq_len * 2)
+            if tc.compile:  # and the eval graph in that state, at every batch shape the evaluations will use
+                prime_shapes(eval_losses, eval_shapes, rt.device)
         model.load_state_dict(init_model)
         opt.load_state_dict(init_opt)
         loader.load_state_dict(init_loader)
