@@ -21,6 +21,14 @@ from pathlib import Path
 PARALLEL_9L = ["model.parallel_start_layer=6"]
 LOOPS_9L = ["model.num_loops=2", "model.loop_start=3", "model.loop_end=5", "model.loop_enable_at=0.35"]
 
+# issue 5: #1855's optimizer and schedule stack (techniques.md 5.1) on the baseline model. EMA 0.99 keeps #1855's
+# 0.9965 averaging horizon in steps scaled to the proxy run (~1,600 steps instead of ~4,900).
+OPTIM_STACK = ["optim.muon_ns=polar_express", "optim.muon_row_normalize=true", "optim.muon_wd=0.095",
+               "optim.embed_wd=0.085", "optim.adam_wd=0.02", "optim.beta2=0.99", "optim.matrix_lr=0.026",
+               "optim.scalar_lr=0.02", "optim.tied_embed_lr=0.03", "optim.muon_momentum=0.97",
+               "optim.muon_momentum_warmup_start=0.92", "optim.muon_momentum_warmup_frac=0.3",
+               "optim.grad_clip_norm=0.3", "train.warmdown_frac=0.85", "train.min_lr=0.1", "train.ema_decay=0.99"]
+
 SUITES: dict[str, dict[str, list[str]]] = {
     # issue 4: the baseline vs baseline + one technique each, and all of them together
     "issue4": {
@@ -35,6 +43,7 @@ SUITES: dict[str, dict[str, list[str]]] = {
         "all": ["model.mlp_mult=3", "model.mlp_act=leaky_relu2", "model.mlp_leaky_slope=0.5", "model.xsa_layers=all",
                 "model.rope_dims=16", "model.smear_gate=bos_fixed", *PARALLEL_9L, *LOOPS_9L],
     },
+    "issue5": {"base": [], "optim_stack": OPTIM_STACK},
 }
 
 

@@ -6,7 +6,7 @@
 # gputests            pytest -m gpu on the model/attention tests
 # pytest:<node id>    one test, synchronous CUDA launches (tracebacks point at the failing kernel)
 # parity:<N>          pgolf baseline vs the official train_gpt.py, both capped at N iterations (same LR schedule)
-# ab:<variants>       benchmarks/ab_proxy.py --suite issue4 --only <variants>
+# ab:<variants>       benchmarks/ab_proxy.py --suite issue4 --only <variants> (ab5: the same for --suite issue5)
 # quant:<variant>:<schemes>  benchmarks/quant_table.py on the newest runs/ab-<variant>-* model
 set -uo pipefail
 source benchmarks/device_env.sh sp1024 || exit 1
@@ -20,13 +20,15 @@ for job in "$@"; do
       python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_attention.py tests/test_model_techniques.py \
         > "$OUT/gputests.log" 2>&1; tail -4 "$OUT/gputests.log" ;;
     pytest:*)
-      CUDA_LAUNCH_BLOCKING=1 python3 -m pytest -q -x -m gpu -p no:cacheprovider "${job#pytest:}" 2>&1 | tail -40 ;;
+      CUDA_LAUNCH_BLOCKING=1 python3 -m pytest -q -x -m gpu -p no:cacheprovider -p no:logging "${job#pytest:}" 2>&1 \
+        | grep -v "^DEBUG" | tail -60 ;;
     parity:*)
       python3 benchmarks/peer_baseline.py --peer .peers/baseline_train_gpt.py --data data/proxy_sp1024 \
         --iterations "${job#parity:}" --val-every 50 --out "$OUT/parity_iterations.json" 2>&1 | tail -4 ;;
-    ab:*)
-      python3 benchmarks/ab_proxy.py --suite issue4 --data data/proxy_sp1024 --only "${job#ab:}" \
-        --out "$OUT/ab_$n.json" 2>&1 | grep -E "^(variant|base|mlp3|leaky|xsa|partial|smear|parallel|loops|all|Traceback|[A-Za-z]*Error)" ;;
+    ab:*|ab5:*)
+      suite=issue4; [ "${job%%:*}" = ab5 ] && suite=issue5
+      python3 benchmarks/ab_proxy.py --suite "$suite" --data data/proxy_sp1024 --only "${job#*:}" \
+        --out "$OUT/ab_$n.json" 2>&1 | grep -E "^(variant|base|mlp3|leaky|xsa|partial|smear|parallel|loops|all|optim|Traceback|[A-Za-z]*Error)" ;;
     quant:*)
       spec="${job#quant:}"; src=$(ls -d runs/ab-"${spec%%:*}"-* | tail -1)
       python3 benchmarks/quant_table.py --run "$src" --schemes "${spec#*:}" --out "$OUT/quant_$n.json" 2>&1 \

@@ -38,3 +38,25 @@ def test_short_cuda_run_end_to_end(byte_dataset, tmp_path):
     assert summary["valid"] and summary["steps"] == 20
     assert summary["val_bpb"]["roundtrip"] < 8
     assert abs(summary["val_bpb"]["roundtrip"] - summary["val_bpb"]["prequant"]) < 0.05
+
+
+@needs_cuda
+def test_primed_eval_graph_does_not_recompile_during_evaluation():
+    # the compile warm-up primes these shapes; a recompile in the real evaluation cost 20-36 s per proxy run
+    import numpy as np
+
+    from pgolf.eval.bpb import ByteLUT
+    from pgolf.eval.flat import evaluate_flat, flat_batch_shapes, prime_shapes
+
+    torch._dynamo.reset()
+    dev = torch.device("cuda")
+    model = cast_for_training(GPT(ModelConfig(num_layers=2, model_dim=128, num_heads=4, num_kv_heads=2)), dev)
+    fn = torch.compile(model.token_losses, dynamic=False)
+    val = np.random.default_rng(0).integers(2, 1024, size=70_001).astype(np.uint16)
+    lut = ByteLUT.from_numpy((np.ones(1024, np.int16), np.zeros(1024, bool), np.zeros(1024, bool)), dev)
+    shapes = flat_batch_shapes(len(val), seq_len=256, batch_tokens=16_384)
+    assert len(shapes) == 2  # full batches of 64 windows and a tail
+    prime_shapes(fn, shapes, dev)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        r = evaluate_flat(fn, val, lut, seq_len=256, batch_tokens=16_384, device=dev)
+    assert r.tokens == 70_000 - 70_000 % 256

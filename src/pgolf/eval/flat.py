@@ -64,9 +64,7 @@ def evaluate_flat(
     acc = BPBAccumulator(device)
     for w0, w1 in _window_batches(len(val_tokens), seq_len, batch_tokens, max_tokens, rank, world):
         chunk = torch.from_numpy(np.asarray(val_tokens[w0 * seq_len : w1 * seq_len + 1], dtype=np.int64))
-        chunk = chunk.to(device, non_blocking=True)
-        x = chunk[:-1].view(-1, seq_len)
-        y = chunk[1:].view(-1, seq_len)
+        x, y = _inputs_targets(chunk.to(device, non_blocking=True), seq_len)
         with _autocast(device):
             nll = token_losses(x, y)
         acc.add(nll, lut.target_bytes(x, y))
@@ -85,10 +83,16 @@ def prime_shapes(token_losses: Callable[[Tensor, Tensor], Tensor], shapes: list[
                  device: torch.device) -> None:
     """Call `token_losses` once per shape on zeros, so a compiled (static-shape) eval graph is built for each
     before the training clock starts rather than during the first real evaluation."""
-    for shape in shapes:
-        x = torch.zeros(shape, dtype=torch.int64, device=device)
+    for b, seq_len in shapes:
+        x, y = _inputs_targets(torch.zeros(b * seq_len + 1, dtype=torch.int64, device=device), seq_len)
         with _autocast(device):
-            token_losses(x, x)
+            token_losses(x, y)
+
+
+def _inputs_targets(chunk: Tensor, seq_len: int) -> tuple[Tensor, Tensor]:
+    """Windows of one contiguous chunk: y is x shifted by one token, a view at storage offset 1 (compiled graphs
+    guard on that alignment, so priming must build its inputs the same way)."""
+    return chunk[:-1].view(-1, seq_len), chunk[1:].view(-1, seq_len)
 
 
 class _null:
