@@ -93,6 +93,7 @@ class ModelConfig:
     bigram_dim: int = 128  # BigramHash row width, projected to model_dim
     init: str = "default"  # default (PyTorch) | orthogonal (#102 lineage; TOP)
     embed_init: str = "normal"  # normal | overtone (2026-03-19 Overtone record)
+    fused_ce: bool = False  # training loss: softcap + CE in one Triton kernel, eval unchanged (PR #1787; TOP #1855)
 
     def __post_init__(self) -> None:
         if self.model_dim % self.num_heads:

@@ -5,6 +5,7 @@
     decoder  for slot j, layer i in the decoder order:  x = skip_j(x, pop());  x = block_i(x, x0)
              from parallel_start_layer on, two lanes:   x, lane1 = block_i.forward_lanes(x, lane1, x0)
     head     h = rms_norm(x, or the lane merge);  logits = softcap * tanh(h E^T / softcap)  (tied E)
+    loss     cross-entropy of the logits; fused_ce: softcap + CE in one kernel on h E^T (fused_ce.py, training)
 
 ``skip_j(x, s) = x + w_j * s``, or with skip gates ``lerp(w_j * s, x, sigmoid(g_j))``. Encoder/decoder
 orders come from ``recurrence.py`` (plain, or with looped layers once ``loop_enable_at`` is reached);
@@ -24,6 +25,7 @@ from pgolf.config import ModelConfig
 from pgolf.model.attn_backends import build_attn_context
 from pgolf.model.block import Block
 from pgolf.model.embed import BigramHash, SmearGateBOS, SmearGateV1
+from pgolf.model.fused_ce import softcapped_cross_entropy
 from pgolf.model.init import orthogonal_linears_, overtone_
 from pgolf.model.layers import CastedLinear, rms_norm
 from pgolf.model.recurrence import layer_order
@@ -126,11 +128,15 @@ class GPT(nn.Module):
         lane = self.cfg.parallel_final_lane
         return lane0 if lane == "attn" else lane1 if lane == "mlp" else 0.5 * (lane0 + lane1)
 
-    def logits(self, input_ids: Tensor) -> Tensor:
-        """Soft-capped logits in fp32, (B, T, V)."""
+    def raw_logits(self, input_ids: Tensor) -> Tensor:
+        """Head output before the softcap, (B, T, V), in the activation dtype (bf16 under autocast)."""
         h = self.hidden(input_ids)
         w = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
-        raw = F.linear(h, w.to(h.dtype))
+        return F.linear(h, w.to(h.dtype))
+
+    def logits(self, input_ids: Tensor) -> Tensor:
+        """Soft-capped logits in fp32, (B, T, V)."""
+        raw = self.raw_logits(input_ids)
         cap = self.cfg.logit_softcap
         return (cap * torch.tanh(raw / cap)).float()
 
@@ -140,7 +146,12 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.flatten(0, 1), target_ids.flatten(), reduction="none").view_as(target_ids)
 
     def forward(self, input_ids: Tensor, target_ids: Tensor) -> Tensor:
-        """Mean training loss (nats/token)."""
+        """Mean training loss (nats/token). With fused_ce (PR #1787; TOP #1855) softcap + CE run in one kernel on the
+        raw head, in fp32 (fused_ce.py). token_losses (evaluation) keeps the eager head on purpose, as the record
+        does: under autocast its tanh runs in bf16, so the fused loss is close to it but not bit-equal on GPU."""
+        if self.cfg.fused_ce:
+            raw = self.raw_logits(input_ids)
+            return softcapped_cross_entropy(raw.flatten(0, 1), target_ids.flatten(), self.cfg.logit_softcap)
         logits = self.logits(input_ids)
         return F.cross_entropy(logits.flatten(0, 1), target_ids.flatten())
 

@@ -1,0 +1,160 @@
+"""Micro-benchmark of the training head's loss: softcapped cross-entropy, forward + backward (issue 5).
+
+    python3 benchmarks/fused_ce_bench.py --out $OUT/fused_ce_bench.json              # GPU: N = 98,304, V = 1024, 8192
+    python3 benchmarks/fused_ce_bench.py --sweep --out $OUT/fused_ce_sweep.json      # + Triton block/warp sweep
+    python3 benchmarks/fused_ce_bench.py --device cpu --rows 256 --out /tmp/ce.json  # logic check on CPU
+
+One step = ``loss = CE(C tanh((h W^T) / C), y); loss.backward()`` with h (N, D) and W (V, D) in bf16, W requiring
+grad, so the logits come from a matmul as in the model. Variants:
+
+    eager           the model's eager head: tanh in the logits' dtype, then .float() and F.cross_entropy
+    compiled        torch.compile(fullgraph=True) of the eager head
+    fused           softcapped_cross_entropy (model/fused_ce.py): the Triton op on CUDA; on CPU its torch body
+    fused_compiled  torch.compile(fullgraph=True) of the fused head (the way the training loop runs it)
+
+Reported per (V, variant): median and mean ms per step (CUDA events on GPU), peak memory above what was allocated
+before the step (GPU only), the loss (the variants must agree to ~1e-2: eager rounds tanh to bf16). The matmul is
+the same in every variant, so differences between variants are the loss's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from pgolf.fileio import atomic_write_json
+from pgolf.model import fused_ce
+from pgolf.model.fused_ce import softcapped_cross_entropy
+
+VARIANTS = ("eager", "compiled", "fused", "fused_compiled")
+SWEEP = [(block, warps) for block in (512, 1024, 2048, 4096) for warps in (4, 8)]
+
+
+def eager_head(h, w, y, cap: float):
+    logits = h @ w.t()
+    return F.cross_entropy((cap * torch.tanh(logits / cap)).float(), y)
+
+
+def fused_head(h, w, y, cap: float):
+    impl = "auto" if h.is_cuda else "fused"  # CPU: exercise the custom op's torch body, not the reference
+    return softcapped_cross_entropy(h @ w.t(), y, cap, impl=impl)
+
+
+def make_fn(variant: str):
+    fn = eager_head if variant in ("eager", "compiled") else fused_head
+    return torch.compile(fn, fullgraph=True, dynamic=False) if variant.endswith("compiled") else fn
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(fn, h, w, y, cap, warmup: int, iters: int) -> dict:
+    """Warm up (compiles happen here), then time `iters` single steps; peak memory of the last step."""
+    device = h.device
+    for _ in range(warmup):
+        w.grad = None
+        fn(h, w, y, cap).backward()
+    sync(device)
+    times, loss = [], None
+    for _ in range(iters):
+        w.grad = None
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+        t0 = time.perf_counter()
+        out = fn(h, w, y, cap)
+        out.backward()
+        if device.type == "cuda":
+            end.record()
+            torch.cuda.synchronize(device)
+            times.append(start.elapsed_time(end))
+        else:
+            times.append(1e3 * (time.perf_counter() - t0))
+        loss = out.item()
+    peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20 if device.type == "cuda" else None
+    return {"ms_median": statistics.median(times), "ms_mean": statistics.fmean(times),
+            "peak_mib": None if peak is None else round(peak, 1), "loss": loss}
+
+
+def inputs(rows: int, vocab: int, dim: int, dtype: torch.dtype, device: torch.device, seed: int = 0):
+    gen = torch.Generator(device=device).manual_seed(seed)
+    h = torch.randn(rows, dim, device=device, dtype=dtype, generator=gen)
+    w = (torch.randn(vocab, dim, device=device, dtype=dtype, generator=gen) * dim**-0.5 * 4).requires_grad_()
+    y = torch.randint(0, vocab, (rows,), device=device, generator=gen)
+    return h, w, y
+
+
+def run(args) -> dict:
+    device = torch.device(args.device)
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    results, sweep = [], []
+    for vocab in args.vocab:
+        h, w, y = inputs(args.rows, vocab, args.dim, dtype, device)
+        for variant in args.variants:
+            torch._dynamo.reset()
+            try:
+                r = time_steps(make_fn(variant), h, w, y, args.cap, args.warmup, args.iters)
+            except Exception as e:  # noqa: BLE001 (a variant that cannot run here is reported, not fatal)
+                r = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+            results.append({"vocab": vocab, "variant": variant, **r})
+            print(f"V={vocab:6d} {variant:15s} " + (f"{r['ms_median']:9.3f} ms  peak {r['peak_mib']} MiB  "
+                                                   f"loss {r['loss']:.5f}" if "error" not in r else r["error"]),
+                  flush=True)
+        if args.sweep and fused_ce.uses_triton(h, args.cap):
+            saved = dict(fused_ce.KERNEL)
+            for block, warps in SWEEP:
+                fused_ce.KERNEL.update(block=block, num_warps=warps)
+                r = time_steps(fused_head, h, w, y, args.cap, args.warmup, args.iters)
+                sweep.append({"vocab": vocab, "block": block, "num_warps": warps, **r})
+                print(f"V={vocab:6d} sweep block={block:5d} warps={warps:2d} {r['ms_median']:9.3f} ms", flush=True)
+            fused_ce.KERNEL.update(saved)
+        del h, w, y
+    for r in results:  # speed and memory relative to the eager head at the same V
+        base = next((b for b in results if b["vocab"] == r["vocab"] and b["variant"] == "eager" and "error" not in b),
+                    None)
+        if base and "error" not in r:
+            r["speedup_vs_eager"] = round(base["ms_median"] / r["ms_median"], 3)
+            if r["peak_mib"] and base["peak_mib"]:
+                r["peak_vs_eager"] = round(r["peak_mib"] / base["peak_mib"], 3)
+    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "torch": torch.__version__, "triton": fused_ce.HAS_TRITON, "kernel": dict(fused_ce.KERNEL),
+            "rows": args.rows, "dim": args.dim, "dtype": args.dtype, "cap": args.cap, "warmup": args.warmup,
+            "iters": args.iters, "results": results, "sweep": sweep}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--rows", type=int, default=98_304, help="N = tokens per micro-batch (proxy: 48 x 2048)")
+    p.add_argument("--vocab", type=int, nargs="+", default=[1024, 8192])
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
+    p.add_argument("--cap", type=float, default=30.0)
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--sweep", action="store_true", help="also time the Triton kernels at each (block, warps)")
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda but no CUDA device is visible; use --device cpu --rows 256")
+    out = run(args)
+    atomic_write_json(args.out, out)
+    print(f"wrote {args.out}")
+    return 1 if any("error" in r for r in out["results"]) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
