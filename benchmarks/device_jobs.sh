@@ -5,6 +5,7 @@
 #
 # gputests            pytest -m gpu on the model/attention tests
 # pytest:<node id>    one test, synchronous CUDA launches (tracebacks point at the failing kernel)
+# diag                 benchmarks/diag_doc_isolated.py: which attention setting faults under inductor
 # parity:<N>          pgolf baseline vs the official train_gpt.py, both capped at N iterations (same LR schedule)
 # ab:<variants>       benchmarks/ab_proxy.py --suite issue4 --only <variants> (ab5: the same for --suite issue5)
 # quant:<variant>:<schemes>  benchmarks/quant_table.py on the newest runs/ab-<variant>-* model
@@ -22,6 +23,8 @@ for job in "$@"; do
     pytest:*)
       CUDA_LAUNCH_BLOCKING=1 python3 -m pytest -q -x -m gpu -p no:cacheprovider -p no:logging "${job#pytest:}" 2>&1 \
         | grep -v "^DEBUG" | tail -60 ;;
+    diag)
+      python3 benchmarks/diag_doc_isolated.py --out "$OUT/diag_doc_isolated.json" ;;
     parity:*)
       python3 benchmarks/peer_baseline.py --peer .peers/baseline_train_gpt.py --data data/proxy_sp1024 \
         --iterations "${job#parity:}" --val-every 50 --out "$OUT/parity_iterations.json" 2>&1 | tail -4 ;;
