@@ -29,12 +29,12 @@ from pgolf.quant.calib import training_batches
 from pgolf.quant.export import export_model
 from pgolf.quant.int8 import dequantize_state_dict
 from pgolf.quant.options import payload_codec
+from pgolf.report.flops import peak_flops, summary_flops
 from pgolf.report.runlog import RunLog, versions
 from pgolf.train.loop import TrainResult, train_model
 from pgolf.train.runtime import Runtime, init_runtime, shutdown
 
 ARTIFACT = "artifact.pgz"
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
 def new_run_id(cfg: RunConfig) -> str:
@@ -150,21 +150,20 @@ def load_artifact_model(path: Path, device: torch.device) -> GPT:
     return model
 
 
-def model_flops_per_token(cfg: RunConfig) -> float:
-    """Training FLOPs per token: 6 x matmul parameters (blocks + head) + causal attention 6 x L x T x d."""
-    m = cfg.model
-    kv = m.num_kv_heads * m.head_dim
-    per_layer = m.model_dim * (2 * m.model_dim + 2 * kv) + 2 * m.model_dim * m.mlp_hidden
-    matmul_params = m.num_layers * per_layer + m.vocab_size * m.model_dim
-    return 6.0 * matmul_params + 6.0 * m.num_layers * cfg.train.seq_len * m.model_dim
+def model_flops_per_token(cfg: RunConfig, curve: list[dict] | None = None, steps: int = 0, train_time_s: float = 0.0,
+                          train_files: list[Path] | None = None) -> float:
+    """Training FLOPs per token averaged over a run (`pgolf.report.flops`: 6 x matmul weights + 6 T_eff d causal,
+    document-aware attention per virtual layer, looped layers counted after the switch); no run: the first phase."""
+    return summary_flops(cfg, curve or [], steps, train_time_s, train_files or [])["run_mean"]
 
 
 def build_summary(cfg: RunConfig, rt: Runtime, data: Dataset, result: TrainResult, pre, rt_score, budget: ByteBudget,
                   eval_time: float, run_dir: Path, wall_s: float, pre_last=None) -> dict:
     tok_s = result.tokens_seen / result.train_time_s if result.train_time_s > 0 else 0.0
     gpu = torch.cuda.get_device_name(rt.device) if rt.device.type == "cuda" else "cpu"
-    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in gpu), None)
-    mfu = tok_s * model_flops_per_token(cfg) / (peak * rt.world_size) if peak else None
+    peak = peak_flops(gpu)
+    flops = summary_flops(cfg, result.curve, result.steps, result.train_time_s, data.train_files)
+    mfu = tok_s * flops["run_mean"] / (peak * rt.world_size) if peak else None
     return {
         "run_dir": str(run_dir),
         "preset": cfg.name,
@@ -190,7 +189,8 @@ def build_summary(cfg: RunConfig, rt: Runtime, data: Dataset, result: TrainResul
         "tokens_per_s": tok_s,
         "epochs": result.epochs,
         "mfu": mfu,
-        "model_flops_per_token": model_flops_per_token(cfg),
+        "model_flops_per_token": flops["run_mean"],
+        "flops_per_token": flops,  # per phase (flat / looped), T_eff, switch step: pgolf.report.flops
         "peak_mem_bytes": result.peak_mem_bytes,
         "world_size": rt.world_size,
         "device": gpu,

@@ -10,11 +10,12 @@ import dataclasses
 from typing import Callable
 
 from pgolf.config import RunConfig
-from pgolf.presets import baseline, tiny
+from pgolf.presets import baseline, pr1855, tiny
 
 PRESETS: dict[str, Callable[[], RunConfig]] = {
     "baseline": baseline.preset,
     "tiny": tiny.preset,
+    "pr1855": pr1855.preset,
 }
 
 

@@ -204,7 +204,8 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
     train_time = clock.elapsed()
     model.set_progress(1.0)
     peak = torch.cuda.max_memory_allocated(rt.device) if rt.device.type == "cuda" else 0
-    log(f"stopped:{stopped_by} step:{step} train_time:{train_time:.1f}s epochs:{loader.epochs:.3f}")
+    log(f"stopped:{stopped_by} step:{step} train_time:{train_time:.3f}s epochs:{loader.epochs:.3f} "
+        f"peak_mem_mib:{peak // 2**20}")
     if qat is not None:  # scoring and export read the float weights
         qat_mod.set_enabled(model, False)
     if averager is not None:

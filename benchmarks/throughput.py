@@ -1,0 +1,325 @@
+"""Training throughput and MFU: pgolf (any preset) against record #1855's own ``train_gpt.py``, same shards,
+same cap, same GPU, one after the other. Writes one JSON with tokens/s overall and per phase (before / after the
+depth-recurrence switch), mean step time, peak memory, MFU (one FLOPs formula for both: `pgolf.report.flops`) and
+the ratios pgolf / record.
+
+    source benchmarks/device_env.sh sp8192
+    python3 benchmarks/throughput.py --record .peers/pr1855_train_gpt.py --pgolf pr1855 --seconds 60 \
+        --data data/proxy_sp8192 --stop-after-training --out "$OUT/throughput_issue5.json"
+    python3 benchmarks/throughput.py --merge a.json b.json --out c.json     # record and pgolf from two calls
+    python3 benchmarks/throughput.py --pgolf tiny --data data/demo_sp1024 --seconds 5 --out /tmp/t.json   # CPU
+
+pgolf runs as ``python -m pgolf train --preset P --set train.wallclock_s=S ...`` with a cheap export (int8 + zlib,
+no GPTQ; `QUICK_EXPORT`) and one eval batch shape (fewer compiled eval graphs to prime); with
+``--stop-after-training`` it is stopped once its ``stopped:`` line (steps, time, peak memory) is in train.log. The
+record runs from a patched temporary copy (record1855.py) with ``benchmarks/shims`` (a FlashAttention-3 stand-in)
+on PYTHONPATH. Both runs log every `--log-every` steps; the wall second at which each printed its first step and
+its end of training is kept (``marks``), i.e. how long start-up and compilation took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling record1855.py
+
+import record1855 as rec1855
+from pgolf.report.flops import PhaseFlops, peak_flops, phase_flops, read_tokens, t_eff_from_tokens
+from pgolf.report.throughput import load_pgolf_run, mfu_block, phase_stats, ratios
+
+SHIMS = Path(__file__).resolve().parent / "shims"
+TARGETS = {"tokens_per_s_ratio": 1.15, "mfu": 0.40}  # issue 5, item 2
+# pgolf overrides that keep the post-training work small (the benchmark only reads the training clock)
+QUICK_EXPORT = ("quant.scheme=int8_rowwise", "quant.gptq=false", "quant.lqer_rank=0", "quant.awq_top_k=0",
+                "quant.gate_int8=false", "quant.pack_bits=false", "quant.fit_budget=false", "quant.compressor=single",
+                "quant.codec=zlib", "quant.gptq_reserve_s=0", "train.val_every=0")
+RECORD_MARKS = {"first_step": r"^1/\d+ train_loss:", "train_end": r"^(stopping_early|peak memory)"}
+PGOLF_MARKS = {"first_step": r"^step:1/", "train_end": r"^stopped:"}
+
+
+def run_logged(cmd: list[str], *, cwd: Path, env: dict[str, str], log_path: Path, timeout: float | None,
+               watch: Path | None = None, marks: dict[str, str] | None = None, stop_at: str | None = None,
+               grace_s: float = 2.0, poll_s: float = 0.5) -> dict[str, Any]:
+    """Run `cmd` with stdout+stderr to `log_path`. `marks` (name -> regex) are looked for in `watch` (default: the
+    log) and the wall second of each first match is kept; once mark `stop_at` is seen, or past `timeout`, the
+    process group is stopped (TERM, then KILL)."""
+    t0, seen, why = time.time(), {}, None
+    watch = watch or log_path
+    pats = {k: re.compile(v, re.M) for k, v in (marks or {}).items()}
+    with open(log_path, "w", encoding="utf-8") as f:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        while proc.poll() is None:
+            time.sleep(poll_s)
+            now = time.time() - t0
+            if pats and len(seen) < len(pats) and watch.exists():
+                text = watch.read_text(encoding="utf-8", errors="replace")
+                seen.update({k: round(now, 1) for k, p in pats.items() if k not in seen and p.search(text)})
+            if stop_at in seen and now - seen[stop_at] >= grace_s:
+                why = f"stopped after {stop_at}"
+            elif timeout is not None and now > timeout:
+                why = f"timeout {timeout:g}s"
+            if why:
+                _stop(proc)
+                break
+    return {"rc": proc.returncode, "stopped": why, "wall_s": round(time.time() - t0, 1), "marks": seen,
+            "log": str(log_path)}
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """TERM then KILL the process group this script started for `proc`."""
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def one_shape_eval_batch(val_tokens: int, seq_len: int, batch_tokens: int) -> int:
+    """The largest eval batch (in tokens, at most `batch_tokens`) whose row count divides the number of validation
+    windows, so the flat evaluation uses one input shape and the warm-up primes one eval graph per phase; unchanged
+    when that would more than halve the batch (a final evaluation of many small batches costs more)."""
+    windows = max(1, (val_tokens - 1) // seq_len)
+    top = max(1, min(batch_tokens // seq_len, windows))
+    rows = top
+    while windows % rows:
+        rows -= 1
+    return rows * seq_len if 2 * rows >= top else batch_tokens
+
+
+def val_token_count(data: Path) -> int:
+    files = sorted(p for p in data.glob("fineweb_val_*.bin") if "_bytes_" not in p.name)
+    return sum((p.stat().st_size - 1024) // 2 for p in files)
+
+
+def pgolf_command(preset: str, run_id: str, seconds: float, data: Path, sets: Sequence[str], *, warmup_steps: int,
+                  log_every: int) -> list[str]:
+    """``python -m pgolf train`` with the benchmark's overrides; the caller's `sets` come last and win."""
+    from pgolf.config import apply_overrides
+    from pgolf.presets import get_preset
+
+    base = [f"train.wallclock_s={seconds:g}", f"train.log_every={log_every}", f"train.warmup_steps={warmup_steps}",
+            f"data.path={data}", *QUICK_EXPORT]
+    if data.name.startswith("proxy_"):
+        base.append("data.corpus=proxy")
+    if not any(s.startswith("eval.batch_tokens=") for s in sets) and val_token_count(data) > 0:
+        cfg = apply_overrides(get_preset(preset), [*base, *sets])
+        seq = cfg.eval.seq_len or cfg.train.seq_len
+        base.append(f"eval.batch_tokens={one_shape_eval_batch(val_token_count(data), seq, cfg.eval.batch_tokens)}")
+    cmd = [sys.executable, "-m", "pgolf", "train", "--preset", preset, "--run-id", run_id]
+    for s in (*base, *sets):
+        cmd += ["--set", s]
+    return cmd
+
+
+def run_pgolf(args, workdir: Path, run_id: str) -> dict[str, Any]:
+    cmd = pgolf_command(args.pgolf, run_id, args.seconds, args.data, args.set, warmup_steps=args.warmup_steps,
+                        log_every=args.log_every)
+    print("+", shlex.join(cmd), flush=True)
+    run_dir = Path("runs") / run_id
+    res = run_logged(cmd, cwd=Path.cwd(), env=dict(os.environ), log_path=workdir / "pgolf_stdout.log",
+                     timeout=args.pgolf_timeout, watch=run_dir / "train.log", marks=PGOLF_MARKS,
+                     stop_at="train_end" if args.stop_after_training else None)
+    res.update(command=shlex.join(cmd), run_dir=str(run_dir))
+    if not (run_dir / "config.json").exists():
+        res["error"] = f"no {run_dir / 'config.json'}: the run did not start (see {res['log']})"
+        return res
+    trace, summary, log, cfg = load_pgolf_run(run_dir)
+    peak = summary.get("peak_mem_bytes")
+    res.update(trace=trace, cfg=cfg, summary_found=bool(summary), model_params=log.get("model_params"),
+               peak_mem_mib=int(peak) // 2**20 if peak else log.get("peak_mem_mib"), device=summary.get("device"),
+               summary_mfu=summary.get("mfu"))
+    return res
+
+
+def run_record(args, workdir: Path, bucket: dict[str, Any]) -> dict[str, Any]:
+    script = workdir / "record" / "train_gpt.py"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(rec1855.patch_source(Path(args.record).read_text(encoding="utf-8")), encoding="utf-8")
+    tokenizer = args.tokenizer or args.data / "tokenizer.model"
+    settings = rec1855.record_env(args.data, tokenizer, args.seconds, bucket=bucket["bucket"],
+                                  warmup_steps=args.warmup_steps, log_every=args.log_every)
+    env = {**os.environ, **settings, "PYTHONPATH": os.pathsep.join(
+        [str(SHIMS)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
+    cmd = [sys.executable, "train_gpt.py"]
+    shown = f"PYTHONPATH={SHIMS} " + " ".join(f"{k}={v}" for k, v in settings.items()) + " " + shlex.join(cmd)
+    print(f"+ (cd {script.parent}) {shown}", flush=True)
+    res = run_logged(cmd, cwd=script.parent, env=env, log_path=workdir / "record_stdout.log",
+                     timeout=args.record_timeout, marks=RECORD_MARKS)
+    parsed = rec1855.parse_record_log(Path(res["log"]).read_text(encoding="utf-8", errors="replace"))
+    res.update(command=f"(cd {script.parent}) {shown}", source=str(args.record), cu_bucket=bucket,
+               patches=[{"name": p.name, "why": p.why} for p in rec1855.PATCHES], trace=parsed["trace"],
+               **{k: parsed[k] for k in ("stopped_by_cap", "peak_mem_mib", "peak_reserved_mib", "model_params",
+                                         "traceback", "hparams")})
+    return res
+
+
+def analyze(res: dict[str, Any], pf: PhaseFlops, peak: float | None) -> dict[str, Any]:
+    """The JSON block of one run: its run facts, phase rates and MFU (the trace itself becomes `points`)."""
+    tr = res.pop("trace", None)
+    res.pop("cfg", None)
+    res["flops_per_token"] = pf.as_dict()
+    if tr is None or not tr.points:
+        res["phases"], res["mfu"] = None, None
+        return res
+    stats = phase_stats(tr)
+    res.update(steps=tr.steps, train_time_s=tr.train_time_s, batch_tokens=tr.batch_tokens,
+               switch_step=tr.switch_step, switch_time_s=tr.switch_time, phases=stats,
+               tokens_per_s=stats["overall"]["tokens_per_s"], mfu=mfu_block(stats, tr, pf, peak),
+               points=[[s, round(t, 4)] for s, t in tr.points])
+    return res
+
+
+def compare(result: dict[str, Any]) -> dict[str, Any]:
+    """Add the pgolf / record ratios and the issue's targets when both runs have phases."""
+    rec, pg = result.get("record") or {}, result.get("pgolf") or {}
+    if rec.get("phases") and pg.get("phases"):
+        result["ratio_pgolf_over_record"] = ratios(pg["phases"], rec["phases"])
+        r, m = result["ratio_pgolf_over_record"]["overall"], (pg.get("mfu") or {}).get("overall")
+        result["meets_targets"] = {"tokens_per_s_ratio": r is not None and r >= TARGETS["tokens_per_s_ratio"],
+                                   "mfu": m is not None and m >= TARGETS["mfu"]}
+    return result
+
+
+def device_name() -> str:
+    try:
+        import torch
+
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    except Exception:  # noqa: BLE001 (a name for the report only)
+        return "unknown"
+
+
+def merge(paths: Sequence[Path]) -> dict[str, Any]:
+    """One result from several JSONs of this script (e.g. the record and pgolf measured in two device calls)."""
+    out: dict[str, Any] = {}
+    for p in paths:
+        d = json.loads(Path(p).read_text())
+        out.update({k: v for k, v in d.items() if k not in out or k in ("record", "pgolf")})
+    out["merged_from"] = [str(p) for p in paths]
+    return compare(out)
+
+
+def measure(args) -> dict[str, Any]:
+    from pgolf.fileio import atomic_write_json
+    from pgolf.presets import get_preset
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    workdir = args.workdir or Path("runs") / f"throughput-{stamp}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    train_files = sorted(args.data.glob("fineweb_train_*.bin"))
+    if not train_files:
+        raise SystemExit(f"{args.data}: no fineweb_train_*.bin shards (build them: pgolf data build ...)")
+    dev = device_name()
+    peak = peak_flops(dev)
+    record_cfg = get_preset("pr1855")
+    tokens = read_tokens(train_files, max_tokens=20_000_000)
+    t_eff = t_eff_from_tokens(tokens, record_cfg.model.bos_id, record_cfg.train.seq_len)
+    result: dict[str, Any] = {
+        "what": "training tokens/s and MFU: pgolf preset vs record #1855 train_gpt.py, same shards, cap and GPU",
+        "device": dev, "peak_flops": peak, "seconds": args.seconds, "data": str(args.data), "targets": TARGETS,
+        "flops_formula": "pgolf.report.flops: 6 x matmul weights per virtual layer + 6 T_eff d causal attention "
+                         "per virtual layer (documents cut at seq_len); looped layers counted after the switch",
+        "t_eff": {"doc_isolated_seq2048": t_eff, "tokens_scanned": len(tokens)}}
+    hparams: dict[str, str] = {}
+    if args.record:
+        bucket = rec1855.record_bucket_size(train_files, record_cfg.train.micro_batch_tokens, record_cfg.train.seq_len)
+        print(f"record cu_seqlens bucket: {bucket}", flush=True)
+        rec = run_record(args, workdir, bucket)
+        hparams = rec.get("hparams") or {}
+        result["record"] = analyze(rec, phase_flops(record_cfg, t_eff), peak)
+        show_tail_if_failed(result["record"])
+        atomic_write_json(args.out, result)  # a partial result survives a later failure
+    if args.pgolf:
+        pg = run_pgolf(args, workdir, f"throughput-{args.pgolf}-{stamp}")
+        cfg = pg.get("cfg")
+        if cfg is not None:
+            if hparams:  # same model and batch as the record? (empty list: yes)
+                result["equal_model_mismatches"] = rec1855.equal_model_check(hparams, cfg)
+            te = t_eff_from_tokens(tokens, cfg.model.bos_id, cfg.train.seq_len) if cfg.model.doc_isolated else None
+            pg = analyze(pg, phase_flops(cfg, te), peak)
+        result["pgolf"] = pg
+        show_tail_if_failed(pg)
+    if hparams and "equal_model_mismatches" not in result:
+        result["equal_model_mismatches"] = rec1855.equal_model_check(hparams, record_cfg)
+    return compare(result)
+
+
+def show_tail_if_failed(run: dict[str, Any], lines: int = 15) -> None:
+    """Print the end of a run's output when it produced no phase rates (the device call shows only a tail)."""
+    if run.get("phases") or not run.get("log") or not Path(run["log"]).exists():
+        return
+    tail = Path(run["log"]).read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+    print(f"--- no step rates; last lines of {run['log']}:", *tail, sep="\n", flush=True)
+
+
+def print_table(result: dict[str, Any]) -> None:
+    def fmt(x, spec):
+        return "-" if x is None else format(x, spec)
+
+    print(f"{'run':8s} {'phase':8s} {'tok/s':>12s} {'step s':>8s} {'MFU':>7s}")
+    for name in ("record", "pgolf"):
+        run = result.get(name) or {}
+        for ph in ("overall", "flat", "looped"):
+            st = (run.get("phases") or {}).get(ph) or {}
+            print(f"{name:8s} {ph:8s} {fmt(st.get('tokens_per_s'), ',.0f'):>12s} "
+                  f"{fmt(st.get('step_time_s'), '.4f'):>8s} {fmt((run.get('mfu') or {}).get(ph), '.3f'):>7s}")
+        if run:
+            print(f"{name:8s} wall {run.get('wall_s')}s marks {run.get('marks')} rc {run.get('rc')} "
+                  f"stopped {run.get('stopped')} peak {run.get('peak_mem_mib')} MiB")
+    if "ratio_pgolf_over_record" in result:
+        print("pgolf/record tok/s:", {k: None if v is None else round(v, 3)
+                                      for k, v in result["ratio_pgolf_over_record"].items()})
+    if result.get("equal_model_mismatches"):
+        print("NOT the same model/batch:", result["equal_model_mismatches"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pgolf", default=None, metavar="PRESET", help="pgolf preset to run (e.g. pr1855)")
+    ap.add_argument("--set", action="append", default=[], help="extra pgolf override section.field=value")
+    ap.add_argument("--record", type=Path, default=None, help="record #1855's train_gpt.py (a patched copy is run)")
+    ap.add_argument("--seconds", type=float, default=60.0, help="training wallclock cap of each run")
+    ap.add_argument("--data", type=Path, default=Path("data/proxy_sp8192"))
+    ap.add_argument("--tokenizer", type=Path, default=None, help="default: <data>/tokenizer.model")
+    ap.add_argument("--warmup-steps", type=int, default=5, help="compile-priming steps of both (records: 20)")
+    ap.add_argument("--log-every", type=int, default=5, help="steps between step lines, both runs")
+    ap.add_argument("--record-timeout", type=float, default=None, help="wall seconds before the record is stopped")
+    ap.add_argument("--pgolf-timeout", type=float, default=None, help="wall seconds before pgolf is stopped")
+    ap.add_argument("--stop-after-training", action="store_true",
+                    help="stop pgolf once training ended (skip its evaluation and export)")
+    ap.add_argument("--workdir", type=Path, default=None, help="default: runs/throughput-<time>")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None, help="combine earlier JSONs of this script")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    from pgolf.fileio import atomic_write_json
+
+    if args.merge:
+        result = merge(args.merge)
+    elif args.pgolf or args.record:
+        result = measure(args)
+    else:
+        ap.error("give --pgolf PRESET, --record PATH, both, or --merge A.json B.json")
+    atomic_write_json(args.out, result)
+    print_table(result)
+    print(f"wrote {args.out}")
+    ok = [(result.get(k) or {}).get("phases") for k in ("record", "pgolf") if k in result or getattr(args, k, None)]
+    return 0 if all(ok) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

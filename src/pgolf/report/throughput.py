@@ -1,0 +1,137 @@
+"""Training throughput from logged (step, training-seconds) points: overall and per phase (before / after the
+depth-recurrence switch), mean step time and MFU with `pgolf.report.flops`.
+
+    tr, summary, log, cfg = load_pgolf_run(Path("runs/<id>"))
+    stats = phase_stats(tr);  mfu = mfu_block(stats, tr, phase_flops(cfg, t_eff), peak_flops(gpu))
+
+A phase rate is ``(s1 - s0) x batch_tokens / (t1 - t0)`` between the first and last logged points inside the phase:
+``flat`` spans end at or before the switch, ``looped`` spans start at or after it, and the span across the switch
+and the first `skip_steps` steps (allocator and prefetch warm-up) are left out. Overall = all steps / all time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pgolf.report.flops import PhaseFlops, flat_steps, run_flops_per_token
+
+PGOLF_STEP = re.compile(r"^step:(\d+)/\d+ loss:\S+ lr_mul:\S+ train_time:([\d.]+)s tok/s:", re.M)
+PGOLF_STOP = re.compile(r"^stopped:(\w+) step:(\d+) train_time:([\d.]+)s epochs:\S+(?: peak_mem_mib:(\d+))?", re.M)
+PGOLF_SHAPE = re.compile(r"^model_params:(\d+) world_size:(\d+) grad_accum:(\d+) micro_batch_tokens:(\d+) "
+                         r"batch_tokens:(\d+)", re.M)
+
+
+@dataclass
+class Trace:
+    """Logged progress of one training run: (steps done, training seconds) points and where the loops began."""
+
+    points: list[tuple[int, float]]
+    steps: int
+    train_time_s: float
+    batch_tokens: int
+    switch_step: float | None = None  # steps run before the loops switched on (when logged)
+    switch_time: float | None = None  # training second at which they switch on (loop_enable_at x cap)
+
+
+def parse_pgolf_log(text: str) -> dict[str, Any]:
+    """Step points (0.1 s resolution), the stop line (with peak memory) and the batch from a pgolf ``train.log``."""
+    shape, stop = PGOLF_SHAPE.search(text), PGOLF_STOP.search(text)
+    points = [(int(s), float(t)) for s, t in PGOLF_STEP.findall(text)]
+    return {"points": points, "batch_tokens": int(shape.group(5)) if shape else None,
+            "model_params": int(shape.group(1)) if shape else None,
+            "steps": int(stop.group(2)) if stop else (points[-1][0] if points else 0),
+            "train_time_s": float(stop.group(3)) if stop else (points[-1][1] if points else 0.0),
+            "stopped_by": stop.group(1) if stop else None,
+            "peak_mem_mib": int(stop.group(4)) if (stop and stop.group(4)) else None}
+
+
+def load_pgolf_run(run_dir: Path) -> tuple[Trace, dict[str, Any], dict[str, Any], Any]:
+    """(trace, summary.json or {}, parsed train.log, resolved RunConfig) of a pgolf run. The train.log suffices
+    when the run was stopped before its summary was written; the summary's curve has millisecond times."""
+    from pgolf.config import from_dict
+    from pgolf.quant.calib import train_config_with_reserve
+
+    cfg = from_dict(json.loads((run_dir / "config.json").read_text()))
+    log = parse_pgolf_log((run_dir / "train.log").read_text()) if (run_dir / "train.log").exists() else {}
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
+    if summary:
+        points = [(int(p["step"]), float(p["train_time_s"])) for p in summary.get("curve", []) if "train_loss" in p]
+        steps, seconds = int(summary["steps"]), float(summary["train_time_s"])
+    else:
+        points, steps, seconds = log.get("points", []), log.get("steps", 0), log.get("train_time_s", 0.0)
+    tc, m = train_config_with_reserve(cfg), cfg.model
+    switch_time = m.loop_enable_at * tc.wallclock_s if (m.num_loops > 0 and tc.wallclock_s > 0) else None
+    switch_step = None
+    if m.num_loops > 0 and tc.wallclock_s <= 0:  # iteration-driven progress: the switch step is exact
+        switch_step = float(min(steps, math.ceil(m.loop_enable_at * tc.iterations)))
+    trace = Trace(points=points, steps=steps, train_time_s=seconds, batch_tokens=cfg.train.batch_tokens,
+                  switch_step=switch_step, switch_time=switch_time)
+    return trace, summary, log, cfg
+
+
+def phase_stats(tr: Trace, skip_steps: int = 5) -> dict[str, Any]:
+    """{"overall", "flat", "looped"}: steps, seconds, mean step time and tokens/s (None for a phase without a
+    complete logged span)."""
+    overall = {"steps": tr.steps, "train_time_s": tr.train_time_s,
+               "tokens_per_s": tr.steps * tr.batch_tokens / tr.train_time_s if tr.train_time_s > 0 else None,
+               "step_time_s": tr.train_time_s / tr.steps if tr.steps else None}
+    pts = sorted(p for p in tr.points if p[0] >= skip_steps)
+
+    def flat(a, b) -> bool:
+        if tr.switch_step is not None:
+            return b[0] <= tr.switch_step
+        return tr.switch_time is None or b[1] <= tr.switch_time
+
+    def looped(a, b) -> bool:
+        if tr.switch_step is not None:
+            return a[0] >= tr.switch_step
+        return tr.switch_time is not None and a[1] >= tr.switch_time
+
+    out: dict[str, Any] = {"overall": overall}
+    for name, keep in (("flat", flat), ("looped", looped)):
+        spans = [(a, b) for a, b in zip(pts, pts[1:]) if keep(a, b) and b[0] > a[0]]
+        if not spans:
+            out[name] = None
+            continue
+        (s0, t0), (s1, t1) = spans[0][0], spans[-1][1]
+        steps, dt = s1 - s0, t1 - t0
+        out[name] = {"from_step": s0, "to_step": s1, "steps": steps, "seconds": dt,
+                     "step_time_s": dt / steps if dt > 0 else None,
+                     "tokens_per_s": steps * tr.batch_tokens / dt if dt > 0 else None}
+    return out
+
+
+def flat_step_count(tr: Trace) -> float:
+    """Steps run before the switch: logged, or interpolated on the points at the switch second."""
+    if tr.switch_step is None and tr.switch_time is None:
+        return float(tr.steps)
+    return flat_steps(tr.points + [(tr.steps, tr.train_time_s)], tr.steps, switch_time=tr.switch_time,
+                      switch_step=tr.switch_step)
+
+
+def mfu_block(stats: dict[str, Any], tr: Trace, pf: PhaseFlops, peak: float | None) -> dict[str, Any]:
+    """MFU overall (token-weighted FLOPs of the two phases) and per phase against a dense bf16 `peak`."""
+    n_flat = flat_step_count(tr)
+    mean = run_flops_per_token(pf, tr.steps, n_flat)
+    out: dict[str, Any] = {"flat_steps": n_flat, "flops_per_token_run": mean, "peak_flops": peak}
+    rate = stats["overall"]["tokens_per_s"]
+    out["overall"] = rate * mean / peak if (peak and rate) else None
+    for name, f in (("flat", pf.flat), ("looped", pf.looped)):
+        ph = stats.get(name)
+        out[name] = ph["tokens_per_s"] * f / peak if (peak and ph and ph["tokens_per_s"]) else None
+    return out
+
+
+def ratios(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float | None]:
+    """a / b tokens/s, overall and per phase, for two `phase_stats` results."""
+    out = {}
+    for name in ("overall", "flat", "looped"):
+        x, y = a.get(name), b.get(name)
+        out[name] = x["tokens_per_s"] / y["tokens_per_s"] if (x and y and x["tokens_per_s"] and y["tokens_per_s"]) \
+            else None
+    return out
