@@ -28,6 +28,7 @@ CASES: dict[str, dict] = {
     "sdpa_full": dict(attn_backend="sdpa", **FULL),
     "flex_full": dict(attn_backend="flex", **FULL),
     "flex_full_no_static_launcher": dict(attn_backend="flex", **FULL, _static_launcher=False),
+    "flex_full_no_tma": dict(attn_backend="flex", **FULL, _no_tma=True),
 }
 
 CHILD = r"""
@@ -37,6 +38,11 @@ kw = json.loads(sys.argv[1])
 if kw.pop("_static_launcher", True) is False:
     import torch._inductor.config as ic
     ic.use_static_cuda_launcher = False
+if kw.pop("_no_tma", False):  # flex kernels without TMA descriptors (torch's heuristics may turn them on)
+    import functools
+    from torch.nn.attention.flex_attention import flex_attention
+    import pgolf.model.attn_backends as ab
+    ab._flex = lambda q: functools.partial(flex_attention, kernel_options={"USE_TMA": False})
 from pgolf.config import ModelConfig
 from pgolf.model.gpt import GPT, cast_for_training
 dev = torch.device("cuda")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,6 +125,7 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
 
     # Compile warm-up outside the clock, then restore the true initial state (official train_gpt.py).
     if tc.warmup_steps > 0:
+        t_warm = time.perf_counter()
         init_model = copy.deepcopy(model.state_dict())
         init_opt = copy.deepcopy(opt.state_dict())
         init_loader = loader.state_dict()
@@ -142,7 +144,7 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
         model.load_state_dict(init_model)
         opt.load_state_dict(init_opt)
         loader.load_state_dict(init_loader)
-        log(f"warmup:{tc.warmup_steps} steps primed, state restored")
+        log(f"warmup:{tc.warmup_steps} steps primed, state restored, compile_s:{time.perf_counter() - t_warm:.1f}")
     averager = WeightAverager.from_config(model, tc)  # EMA starts from the (restored) initial weights, as TOP
     # EMA/SWA and QAT state ride along in checkpoints; passed only when on, so the baseline call is unchanged.
     ckpt_extras = {k: v for k, v in (("averager", averager), ("qat", qat)) if v is not None}
