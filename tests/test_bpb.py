@@ -59,3 +59,22 @@ def test_flat_batch_shapes_are_exactly_the_shapes_evaluate_flat_uses():
         evaluate_flat(record, stream, lut, seq_len=L, batch_tokens=batch, device=torch.device("cpu"), max_tokens=cap)
         assert sorted(seen) == flat_batch_shapes(len(stream), seq_len=L, batch_tokens=batch, max_tokens=cap)
     assert flat_batch_shapes(1000, seq_len=16, batch_tokens=64) == [(2, 16), (4, 16)]  # 62 windows = 15*4 + 2
+
+
+def test_flat_batch_shapes_per_rank_match_the_rank_split(monkeypatch):
+    # under DDP each rank scores its own window range, so its tail batch (the shape primed) differs by rank
+    import pgolf.eval.flat as flat
+
+    lut, stream = toy_lut(), np.random.default_rng(1).integers(0, 6, size=1001).astype(np.uint16)
+    for rank in range(3):
+        monkeypatch.setattr(flat, "_rank_world", lambda r=rank: (r, 3))
+        seen = set()
+
+        def record(x, y):
+            seen.add(tuple(x.shape))
+            return torch.zeros(x.shape)
+
+        flat.evaluate_flat(record, stream, lut, seq_len=10, batch_tokens=60, device=torch.device("cpu"))
+        assert sorted(seen) == flat.flat_batch_shapes(len(stream), seq_len=10, batch_tokens=60)
+    # still rank 2 of 3: windows 66..99 (34) in batches of 2 (60 tokens / 3 ranks / 10) -> no tail batch
+    assert flat.flat_batch_shapes(1001, seq_len=10, batch_tokens=60) == [(2, 10)]
