@@ -274,3 +274,29 @@ def test_wrapper_smaller_than_raw_on_realistic_source():
 
     body = wrapper.split('b85decode("', 1)[1].split('")))', 1)[0]
     assert brotli.decompress(base64.b85decode(body)).decode() == minify_source(src)
+
+
+def test_shipped_code_imports_only_shipped_modules():
+    # code bytes must cover everything the counted modules import, or the artifact total is under-reported
+    import ast
+
+    from pgolf.export.code import PACKAGE, shipped_sources
+
+    shipped = {p.relative_to(PACKAGE).as_posix() for p in shipped_sources()}
+    assert "pipeline.py" in shipped and "train/loop.py" in shipped and "cli.py" not in shipped
+
+    def module_file(name: str) -> str | None:
+        stem = "/".join(name.split(".")[1:])
+        return next((c for c in (f"{stem}.py", f"{stem}/__init__.py") if (PACKAGE / c).exists()), None)
+
+    missing = set()
+    for rel in shipped:
+        for node in ast.walk(ast.parse((PACKAGE / rel).read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pgolf"):
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names if a.name.startswith("pgolf")]
+            else:
+                continue
+            missing |= {f"{rel} -> {f}" for f in map(module_file, names) if f and f not in shipped}
+    assert not missing, sorted(missing)

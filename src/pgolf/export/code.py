@@ -1,6 +1,7 @@
 """Code bytes as shipped: the modules a submission needs to train from shards and score, minified,
-brotli-compressed and wrapped in a self-extracting stub (techniques.md §1.1). Data-building, report
-and CLI code are not shipped; everything else in the package is counted."""
+brotli-compressed and wrapped in a self-extracting stub (techniques.md §1.1). Data building, the demo, plots,
+the throughput report, the inspector and the CLI are not shipped; everything else in the package is counted,
+and what is counted imports nothing that is not (tests/test_artifact.py checks the closure)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from pathlib import Path
 from pgolf.export.budget import code_bytes
 
 PACKAGE = Path(__file__).resolve().parents[1]
-NOT_SHIPPED = ("cli.py", "__main__.py", "report/", "data/corpus.py", "data/sources/", "data/fineweb.py",
-               "data/build.py", "export/inspect.py")
+NOT_SHIPPED = ("cli.py", "__main__.py", "demo.py", "report/plots.py", "report/throughput.py", "data/corpus.py",
+               "data/sources/", "data/fineweb.py", "data/build.py", "export/inspect.py")
 
 
 def shipped_sources() -> list[Path]:
