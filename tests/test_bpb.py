@@ -58,7 +58,7 @@ def test_flat_batch_shapes_are_exactly_the_shapes_evaluate_flat_uses():
 
         evaluate_flat(record, stream, lut, seq_len=L, batch_tokens=batch, device=torch.device("cpu"), max_tokens=cap)
         assert sorted(seen) == flat_batch_shapes(len(stream), seq_len=L, batch_tokens=batch, max_tokens=cap)
-    assert flat_batch_shapes(1000, seq_len=16, batch_tokens=64) == [(2, 16), (4, 16)]  # 62 windows = 15*4 + 2
+    assert flat_batch_shapes(1000, seq_len=16, batch_tokens=64) == [(4, 16)]  # 62 windows = 15*4 + 2, tail padded
 
 
 def test_flat_batch_shapes_per_rank_match_the_rank_split(monkeypatch):
@@ -76,5 +76,18 @@ def test_flat_batch_shapes_per_rank_match_the_rank_split(monkeypatch):
 
         flat.evaluate_flat(record, stream, lut, seq_len=10, batch_tokens=60, device=torch.device("cpu"))
         assert sorted(seen) == flat.flat_batch_shapes(len(stream), seq_len=10, batch_tokens=60)
-    # still rank 2 of 3: windows 66..99 (34) in batches of 2 (60 tokens / 3 ranks / 10) -> no tail batch
+    # still rank 2 of 3: windows 66..99 in batches of 2 (60 tokens / 3 ranks / 10 per window)
     assert flat.flat_batch_shapes(1001, seq_len=10, batch_tokens=60) == [(2, 10)]
+
+
+def test_padded_tail_batch_scores_exactly_like_unpadded_batches():
+    # the tail batch is padded to the full batch shape; the padding must not reach the sums
+    lut, stream = toy_lut(), np.random.default_rng(2).integers(0, 6, size=1000).astype(np.uint16)
+
+    def logit_free(x, y):  # a per-token loss that depends on the token, so any stray row would show
+        return (y.float() + 1.0) * 0.1 + x.float() * 0.01
+
+    a = evaluate_flat(logit_free, stream, lut, seq_len=16, batch_tokens=64, device=torch.device("cpu"))
+    b = evaluate_flat(logit_free, stream, lut, seq_len=16, batch_tokens=16 * 62, device=torch.device("cpu"))
+    assert (a.tokens, a.bytes) == (b.tokens, b.bytes) == (992, b.bytes)
+    assert math.isclose(a.loss, b.loss, rel_tol=1e-12) and math.isclose(a.bpb, b.bpb, rel_tol=1e-12)

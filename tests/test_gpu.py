@@ -55,7 +55,7 @@ def test_primed_eval_graph_does_not_recompile_during_evaluation():
     val = np.random.default_rng(0).integers(2, 1024, size=70_001).astype(np.uint16)
     lut = ByteLUT.from_numpy((np.ones(1024, np.int16), np.zeros(1024, bool), np.zeros(1024, bool)), dev)
     shapes = flat_batch_shapes(len(val), seq_len=256, batch_tokens=16_384)
-    assert len(shapes) == 2  # full batches of 64 windows and a tail
+    assert shapes == [(64, 256)]  # full batches of 64 windows; the tail is padded to them
     prime_shapes(fn, shapes, dev)
     with torch._dynamo.config.patch(error_on_recompile=True):
         r = evaluate_flat(fn, val, lut, seq_len=256, batch_tokens=16_384, device=dev)

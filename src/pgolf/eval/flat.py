@@ -1,7 +1,9 @@
 """Flat evaluation: non-overlapping windows of `seq_len` over the whole validation stream.
 
 Like the official ``eval_val``: the stream is cut to ``floor((N-1)/L)*L + 1`` tokens, window i
-predicts tokens ``[iL+1, (i+1)L]`` from ``[iL, (i+1)L)``; windows are split evenly across ranks.
+predicts tokens ``[iL+1, (i+1)L]`` from ``[iL, (i+1)L)``; windows are split evenly across ranks. A rank's
+last, shorter batch is padded with zero windows that are dropped before summing, so a compiled scorer sees one
+input shape (`flat_batch_shapes`), primed before the clock starts (`prime_shapes`).
 """
 
 from __future__ import annotations
@@ -62,20 +64,26 @@ def evaluate_flat(
     """
     rank, world = _rank_world()
     acc = BPBAccumulator(device)
-    for w0, w1 in _window_batches(len(val_tokens), seq_len, batch_tokens, max_tokens, rank, world):
+    batches = _window_batches(len(val_tokens), seq_len, batch_tokens, max_tokens, rank, world)
+    rows = batches[0][1] - batches[0][0] if batches else 0
+    for w0, w1 in batches:
         chunk = torch.from_numpy(np.asarray(val_tokens[w0 * seq_len : w1 * seq_len + 1], dtype=np.int64))
+        n = w1 - w0
+        if n < rows:  # the tail batch: zero windows appended and dropped, so one compiled shape serves every batch
+            chunk = torch.cat((chunk, chunk.new_zeros((rows - n) * seq_len)))
         x, y = _inputs_targets(chunk.to(device, non_blocking=True), seq_len)
         with _autocast(device):
             nll = token_losses(x, y)
-        acc.add(nll, lut.target_bytes(x, y))
+        acc.add(nll[:n], lut.target_bytes(x[:n], y[:n]))
     return acc.result()
 
 
 def flat_batch_shapes(num_tokens: int, *, seq_len: int, batch_tokens: int, max_tokens: int = 0) -> list[tuple[int, int]]:
-    """The distinct (batch, seq_len) input shapes `evaluate_flat` will call `token_losses` with on this rank."""
+    """The (batch, seq_len) input shape `evaluate_flat` calls `token_losses` with on this rank: its first batch's (a
+    shorter tail batch is padded to it), as a list to prime."""
     rank, world = _rank_world()
-    sizes = {w1 - w0 for w0, w1 in _window_batches(num_tokens, seq_len, batch_tokens, max_tokens, rank, world)}
-    return [(b, seq_len) for b in sorted(sizes)]
+    batches = _window_batches(num_tokens, seq_len, batch_tokens, max_tokens, rank, world)
+    return [(batches[0][1] - batches[0][0], seq_len)] if batches else []
 
 
 @torch.no_grad()
