@@ -89,23 +89,6 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
-def one_shape_eval_batch(val_tokens: int, seq_len: int, batch_tokens: int) -> int:
-    """The largest eval batch (in tokens, at most `batch_tokens`) whose row count divides the number of validation
-    windows, so the flat evaluation uses one input shape and the warm-up primes one eval graph per phase; unchanged
-    when that would more than halve the batch (a final evaluation of many small batches costs more)."""
-    windows = max(1, (val_tokens - 1) // seq_len)
-    top = max(1, min(batch_tokens // seq_len, windows))
-    rows = top
-    while windows % rows:
-        rows -= 1
-    return rows * seq_len if 2 * rows >= top else batch_tokens
-
-
-def val_token_count(data: Path) -> int:
-    files = sorted(p for p in data.glob("fineweb_val_*.bin") if "_bytes_" not in p.name)
-    return sum((p.stat().st_size - 1024) // 2 for p in files)
-
-
 def pgolf_command(preset: str, run_id: str, seconds: float, data: Path, sets: Sequence[str], *, warmup_steps: int,
                   log_every: int) -> list[str]:
     """``python -m pgolf train`` with the benchmark's overrides; the caller's `sets` come last and win."""
@@ -116,10 +99,7 @@ def pgolf_command(preset: str, run_id: str, seconds: float, data: Path, sets: Se
             f"data.path={data}", *QUICK_EXPORT]
     if data.name.startswith("proxy_"):
         base.append("data.corpus=proxy")
-    if not any(s.startswith("eval.batch_tokens=") for s in sets) and val_token_count(data) > 0:
-        cfg = apply_overrides(get_preset(preset), [*base, *sets])
-        seq = cfg.eval.seq_len or cfg.train.seq_len
-        base.append(f"eval.batch_tokens={one_shape_eval_batch(val_token_count(data), seq, cfg.eval.batch_tokens)}")
+    apply_overrides(get_preset(preset), [*base, *sets])  # a bad override fails here, before the device run
     cmd = [sys.executable, "-m", "pgolf", "train", "--preset", preset, "--run-id", run_id]
     for s in (*base, *sets):
         cmd += ["--set", s]

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 
 from pgolf.config import RunConfig, apply_overrides, from_dict
@@ -46,3 +48,18 @@ def test_proxy_form_scales_step_horizons():
     # one GPU instead of 8, 90 of 600 s, 524,288/98,304 more steps per token: 0.1 of the steps
     assert cfg.optim.muon_momentum_warmup_steps == round(500 * 90 / 600 * 524_288 / 98_304 / 8) == 50
     assert cfg.train.warmdown_iters == 120
+
+
+def test_proxy_form_scales_weight_averaging_horizons():
+    import dataclasses as dc
+
+    p = proxy_form(get_preset("pr1855"))  # 0.15 of the steps: an EMA horizon of 1/(1-d) steps shrinks with them
+    assert math.isclose(1 / (1 - p.train.ema_decay), 0.15 * 1 / (1 - 0.9965), rel_tol=1e-9)
+    assert round(p.train.ema_decay, 4) == 0.9767
+    base = get_preset("baseline")
+    assert proxy_form(base).train.ema_decay == 0.0 and proxy_form(base).train.swa_every == 0  # off stays off
+    swa = dc.replace(base, train=dc.replace(base.train, swa_every=50))
+    assert proxy_form(swa).train.swa_every == 5
+    bad = dc.replace(base, train=dc.replace(base.train, ema_decay=0.01))  # 1 - 0.99/0.1 < 0: cannot scale
+    with pytest.raises(ValueError, match="train.ema_decay=0.01"):
+        proxy_form(bad)
