@@ -254,6 +254,7 @@ class TrainConfig:
     qat_bits: int = 0  # late STE QAT of block matrices at this many bits, per-row (0 = off; 03-22: 6)
     qat_start_lr_mul: float = 0.15  # QAT switches on (and stays on) once lr_mul < this; > 1 = from step 0
     loader: str = "stream"  # stream (baseline) | coprime (PR #1060) | docpack (TOP)
+    profile_steps: int = 0  # torch.profiler over this many steps after 10 -> runs/<id>/profile.json (train/profile.py)
 
     def __post_init__(self) -> None:
         if self.batch_tokens % self.seq_len or self.micro_batch_tokens % self.seq_len:

@@ -37,6 +37,7 @@ from pgolf.train.clock import Clock
 from pgolf.train.runtime import Runtime, seed_everything
 from pgolf.train import qat as qat_mod
 from pgolf.train.ema import WeightAverager
+from pgolf.train.profile import StepProfiler
 from pgolf.train.schedule import check_train_techniques, lr_mul, progress, warmdown_mul
 
 
@@ -161,6 +162,7 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
         torch.cuda.reset_peak_memory_stats(rt.device)
     bad = torch.zeros((), dtype=torch.bool, device=rt.device)
     stopped_by = "iterations"
+    profiler = StepProfiler.from_config(tc, run_dir, rt.device, rt.is_main)
     clock.start()
     last_log_t, last_log_step = clock.elapsed(), step
     while True:
@@ -173,6 +175,8 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
         train_loss = one_step(step, clock.elapsed())
         bad |= ~torch.isfinite(train_loss)
         step += 1
+        if profiler is not None:
+            profiler.after_step(step)
         is_log = step <= 5 or step % tc.log_every == 0
         is_val = tc.val_every > 0 and step % tc.val_every == 0
         is_ckpt = tc.checkpoint_every > 0 and step % tc.checkpoint_every == 0
@@ -204,6 +208,8 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
                 checkpoint.save(run_dir, rt, model, opt, loader, step=step, elapsed_s=clock.elapsed(), curve=curve,
                                 **extras_kw)
     train_time = clock.elapsed()
+    if profiler is not None:
+        profiler.close()
     model.set_progress(1.0)
     peak = torch.cuda.max_memory_allocated(rt.device) if rt.device.type == "cuda" else 0
     log(f"stopped:{stopped_by} step:{step} train_time:{train_time:.3f}s epochs:{loader.epochs:.3f} "

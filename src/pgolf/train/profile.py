@@ -1,0 +1,96 @@
+"""Where a training step's time goes: torch.profiler over a window of steady-state steps, summarised per kernel
+and per kind (matmul, attention, fused/Triton, optimizer math, communication, copies), written to the run folder.
+
+    pgolf train --preset pr1855 --proxy --set train.profile_steps=10     # -> runs/<id>/profile.json (+ trace)
+
+The window starts after ``PROFILE_SKIP`` timed steps (the allocator and caches settle) and its steps are not
+excluded from the clock: a profiled run is for diagnosis, its BPB and tokens/s are not comparable.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from pgolf.fileio import atomic_write_json
+
+PROFILE_SKIP = 10  # timed steps before the window opens
+KINDS = (  # first match wins; names as CUDA kernels and CPU ops appear in the profiler
+    ("attention", re.compile(r"flash|fmha|attention|flex|sdpa|varlen", re.I)),
+    ("matmul", re.compile(r"gemm|matmul|\bmm\b|addmm|bmm|nvjet|xmma|cutlass|cublas|sm90_|linear", re.I)),
+    ("communication", re.compile(r"nccl|all_reduce|allreduce|reduce_scatter|all_gather|gloo", re.I)),
+    ("copy", re.compile(r"memcpy|memset|copy_|to_copy|cat\b|contiguous", re.I)),
+    ("fused", re.compile(r"^triton_|triton", re.I)),
+)
+
+
+def kind_of(name: str) -> str:
+    return next((kind for kind, pat in KINDS if pat.search(name)), "other")
+
+
+class StepProfiler:
+    """Opens torch.profiler at step ``PROFILE_SKIP`` and closes it ``steps`` steps later, then writes
+    ``profile.json`` (top kernels and per-kind totals of self device time, or CPU time on CPU) and
+    ``profile_trace.json`` (Chrome trace) into `run_dir` on rank 0."""
+
+    def __init__(self, steps: int, run_dir: Path, device: torch.device, *, enabled: bool = True,
+                 skip: int = PROFILE_SKIP):
+        self.steps, self.run_dir, self.device, self.enabled, self.skip = steps, Path(run_dir), device, enabled, skip
+        self._prof: profile | None = None
+        self._last = 0  # steps done when last told
+        self.done = False
+
+    @classmethod
+    def from_config(cls, tc: Any, run_dir: Path, device: torch.device, is_main: bool) -> "StepProfiler | None":
+        return cls(tc.profile_steps, run_dir, device, enabled=is_main) if tc.profile_steps > 0 else None
+
+    def after_step(self, step: int) -> None:
+        """Call after every timed step with the number of steps done."""
+        if self.done or not self.enabled:
+            return
+        self._last = step
+        if self._prof is None and step == self.skip:
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
+            self._prof = profile(activities=acts, record_shapes=False)
+            self._prof.__enter__()
+        elif self._prof is not None and step == self.skip + self.steps:
+            self.close()
+
+    def close(self) -> None:
+        """Stop and write the reports (also at the end of a run that stopped inside the window)."""
+        if self._prof is None or self.done:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self._prof.__exit__(None, None, None)
+        self.done = True
+        report = summarize(self._prof, cuda=self.device.type == "cuda", steps=self._last - self.skip)
+        atomic_write_json(self.run_dir / "profile.json", report)
+        self._prof.export_chrome_trace(str(self.run_dir / "profile_trace.json"))
+
+
+def summarize(prof: profile, *, cuda: bool, steps: int, top: int = 30) -> dict[str, Any]:
+    """Self time per op/kernel (device time on CUDA, CPU time otherwise), per kind, per step."""
+    rows = []
+    for ev in prof.key_averages():
+        us = ev.self_device_time_total if cuda else ev.self_cpu_time_total
+        if us > 0:
+            rows.append({"name": ev.key, "kind": kind_of(ev.key), "self_us": us, "calls": ev.count})
+    rows.sort(key=lambda r: -r["self_us"])
+    total = sum(r["self_us"] for r in rows) or 1.0
+    kinds: dict[str, float] = {}
+    for r in rows:
+        kinds[r["kind"]] = kinds.get(r["kind"], 0.0) + r["self_us"]
+    return {
+        "clock": "device" if cuda else "cpu",
+        "steps": steps,
+        "total_ms_per_step": total / 1000 / max(steps, 1),
+        "kinds": {k: {"ms_per_step": v / 1000 / max(steps, 1), "share": v / total}
+                  for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+        "top": [dict(r, ms_per_step=r["self_us"] / 1000 / max(steps, 1), share=r["self_us"] / total)
+                for r in rows[:top]],
+    }
