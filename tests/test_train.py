@@ -103,3 +103,19 @@ def test_two_process_gloo_equals_one_process_with_accumulation(tmp_path, clip):
         assert abs(a - b) < 1e-5
     for k, v in single.model.state_dict().items():
         torch.testing.assert_close(ddp["params"][k], v, atol=1e-5, rtol=1e-4)
+
+
+def test_compile_mode_reaches_the_training_graph_and_is_validated(byte_dataset, tmp_path, monkeypatch):
+    seen = []
+
+    def fake_compile(fn, **kw):  # record the call, run eagerly (CPU inductor would take minutes here)
+        seen.append(kw)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    cfg = tiny_run_config(byte_dataset, tmp_path / "runs", iterations=2, compile=True,
+                          compile_mode="max-autotune-no-cudagraphs")
+    train_cpu(cfg, tmp_path / "run")
+    assert {"dynamic": False, "fullgraph": True, "mode": "max-autotune-no-cudagraphs"} in seen
+    with pytest.raises(ValueError, match="train.compile_mode='fast'"):
+        train_cpu(tiny_run_config(byte_dataset, tmp_path / "runs", compile_mode="fast"), tmp_path / "run2")

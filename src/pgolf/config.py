@@ -244,6 +244,9 @@ class TrainConfig:
     log_every: int = 200
     checkpoint_every: int = 0  # steps between checkpoints (0 = only the final one)
     compile: bool = True
+    # torch.compile mode of the training graph: default | max-autotune-no-cudagraphs (Triton GEMM templates with
+    # fused epilogues, e.g. the LeakyReLU² after the MLP up-projection; minutes more compile, outside the clock)
+    compile_mode: str = "default"
     device: str = "auto"  # auto | cpu | cuda
     # --- training techniques: averaging, QAT, loaders, kernels (each off by default) ---
     # Checked by pgolf.train.schedule.check_train_techniques; formulas in train/{schedule,ema,qat}.py, data/loaders_*.py.

@@ -84,7 +84,8 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
     qat = qat_mod.LateQAT.from_config(model, tc)  # before torch.compile: the flag must be a graph input
     if tc.compile:
         avoid_inductor_fusion_bug()
-    compiled: nn.Module = torch.compile(model, dynamic=False, fullgraph=True) if tc.compile else model
+    compiled: nn.Module = torch.compile(model, dynamic=False, fullgraph=True, mode=tc.compile_mode) \
+        if tc.compile else model
     net: nn.Module = DDP(compiled, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None,
                          broadcast_buffers=False) if rt.distributed else compiled
     opt = build_optimizers(model, cfg.optim)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from pgolf.config import TrainConfig
 
 LOADERS = ("stream", "coprime", "docpack")
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 
 
 def progress(step: int, elapsed_s: float, cfg: TrainConfig) -> float:
@@ -75,3 +76,5 @@ def check_train_techniques(cfg: TrainConfig) -> None:
         raise ValueError(f"train.qat_bits={cfg.qat_bits} must be 0 (off) or 2..8")
     if cfg.loader not in LOADERS:
         raise ValueError(f"train.loader={cfg.loader!r} is not one of {', '.join(LOADERS)}")
+    if cfg.compile_mode not in COMPILE_MODES:
+        raise ValueError(f"train.compile_mode={cfg.compile_mode!r} is not one of {', '.join(COMPILE_MODES)}")
