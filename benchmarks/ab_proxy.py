@@ -43,7 +43,9 @@ SUITES: dict[str, dict[str, list[str]]] = {
         "all": ["model.mlp_mult=3", "model.mlp_act=leaky_relu2", "model.mlp_leaky_slope=0.5", "model.xsa_layers=all",
                 "model.rope_dims=16", "model.smear_gate=bos_fixed", *PARALLEL_9L, *LOOPS_9L],
     },
-    "issue5": {"base": [], "optim_stack": OPTIM_STACK},
+    # issue 5: the optimizer stack, and speed switches one at a time (same model arithmetic up to kernel rounding)
+    "issue5": {"base": [], "optim_stack": OPTIM_STACK, "cudnn_sdpa": ["model.sdpa_priority=cudnn"],
+               "fused_ce": ["model.fused_ce=true"], "max_autotune": ["train.compile_mode=max-autotune-no-cudagraphs"]},
 }
 
 

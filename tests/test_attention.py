@@ -475,3 +475,39 @@ def test_run_config_ties_rope_train_seq_len_to_train_seq_len():
     with pytest.raises(ValueError, match=r"model\.rope_train_seq_len=1024.*train\.seq_len=2048"):
         apply_overrides(run, ["train.seq_len=2048"])
     assert apply_overrides(run, ["train.seq_len=2048", "model.rope_train_seq_len=2048"]).train.seq_len == 2048
+
+
+def test_sdpa_priority_sets_and_restores_the_process_kernel_order():
+    from pgolf.model.gpt import cast_for_training
+
+    cudnn = int(torch.nn.attention.SDPBackend.CUDNN_ATTENTION)
+    before = torch._C._get_sdp_priority_order()
+    try:
+        cast_for_training(GPT(ModelConfig(num_layers=1, model_dim=64, sdpa_priority="cudnn")), torch.device("cpu"))
+        assert torch._C._get_sdp_priority_order()[0] == cudnn and torch.backends.cuda.cudnn_sdp_enabled()
+        assert sorted(torch._C._get_sdp_priority_order()) == sorted(before)
+        cast_for_training(GPT(ModelConfig(num_layers=1, model_dim=64)), torch.device("cpu"))  # the next model
+        assert torch._C._get_sdp_priority_order() == before
+    finally:
+        torch._C._set_sdp_priority_order(before)
+    with pytest.raises(ValueError, match="model.sdpa_priority"):
+        ModelConfig(sdpa_priority="fastest")
+
+
+@pytest.mark.gpu
+def test_gpu_cudnn_sdpa_priority_matches_default_under_compile():
+    from pgolf.model.gpt import cast_for_training
+
+    dev = torch.device("cuda")
+    x = torch.randint(0, 1024, (4, 1024), device=dev)
+    losses = {}
+    for prio in ("cudnn", "default"):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = cast_for_training(perturb(GPT(ModelConfig(sdpa_priority=prio)), scale=0.02), dev)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = torch.compile(model, dynamic=False, fullgraph=True)(x, x)
+            loss.backward()
+        losses[prio] = (loss.item(), model.blocks[0].attn.c_q.weight.grad.norm().item())
+    assert abs(losses["cudnn"][0] - losses["default"][0]) < 2e-2
+    assert abs(losses["cudnn"][1] / losses["default"][1] - 1) < 5e-2

@@ -89,6 +89,28 @@ def build_attn_context(cfg: Any, input_ids: Tensor) -> Any:
     return doc_causal_mask(input_ids, cfg.bos_id)
 
 
+_TORCH_SDPA_ORDER = tuple(torch._C._get_sdp_priority_order())  # torch's own order, restored by "default"
+_SDPA_ENABLED = {name: getattr(torch.backends.cuda, f"{name}_sdp_enabled")()
+                 for name in ("flash", "mem_efficient", "math", "cudnn")}
+
+
+def apply_sdpa_priority(priority: str) -> None:
+    """Process-wide SDPA kernel order for CUDA (model.sdpa_priority). ``cudnn`` puts cuDNN attention first: on H100
+    it measured 0.93 vs 1.37 ms (FA2 backend) for causal GQA 16x8x2048x64 fwd+bwd (issue 5); torch falls through
+    to the next kernel when cuDNN cannot take a call. ``default`` restores torch's order, so a model built later in
+    the same process never inherits another's choice. Read when tracing, so set before torch.compile."""
+    if priority == "default":
+        order = _TORCH_SDPA_ORDER
+    elif priority == "cudnn":
+        cudnn = int(torch.nn.attention.SDPBackend.CUDNN_ATTENTION)
+        order = (cudnn, *(b for b in _TORCH_SDPA_ORDER if b != cudnn))
+    else:
+        raise ValueError(f"model.sdpa_priority={priority!r} is not one of default, cudnn")
+    for name, on in _SDPA_ENABLED.items():
+        getattr(torch.backends.cuda, f"enable_{name}_sdp")(on or (priority == "cudnn" and name == "cudnn"))
+    torch._C._set_sdp_priority_order(list(order))
+
+
 def require_fa3() -> Any:
     """The flash_attn_interface module, or an ImportError that says how to do without it."""
     try:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pgolf.config import ModelConfig
-from pgolf.model.attn_backends import build_attn_context
+from pgolf.model.attn_backends import apply_sdpa_priority, build_attn_context
 from pgolf.model.block import Block
 from pgolf.model.embed import BigramHash, SmearGateBOS, SmearGateV1
 from pgolf.model.fused_ce import softcapped_cross_entropy
@@ -164,7 +164,8 @@ def control_param(name: str, p: Tensor) -> bool:
 
 def cast_for_training(model: GPT, device: torch.device) -> GPT:
     """Baseline dtype layout on GPU: bf16 embedding, fp32 linear weights and control tensors.
-    On CPU everything stays fp32."""
+    On CPU everything stays fp32. Applies the model's SDPA kernel order (model.sdpa_priority) to the process."""
+    apply_sdpa_priority(model.cfg.sdpa_priority)
     model = model.to(device)
     if device.type != "cuda":
         return model
