@@ -9,6 +9,9 @@
 # parity:<N>          pgolf baseline vs the official train_gpt.py, both capped at N iterations (same LR schedule)
 # ab:<variants>       benchmarks/ab_proxy.py --suite issue4 --only <variants> (ab5: the same for --suite issue5)
 # quant:<variant>:<schemes>  benchmarks/quant_table.py on the newest runs/ab-<variant>-* model
+# fusedce              GPU tests of model/fused_ce.py and benchmarks/fused_ce_bench.py --sweep
+# data:<tokenizer>     also build data/proxy_<tokenizer> (e.g. sp8192, from .carry/tok/proxy_sp8192.model)
+# profile:<preset>[:<tokenizer>]  40 s proxy run with train.profile_steps=20 -> $OUT/profile_<preset>.json
 set -uo pipefail
 source benchmarks/device_env.sh sp1024 || exit 1
 nvidia-smi --query-gpu=name,clocks.sm --format=csv,noheader
@@ -36,6 +39,21 @@ for job in "$@"; do
       spec="${job#quant:}"; src=$(ls -d runs/ab-"${spec%%:*}"-* | tail -1)
       python3 benchmarks/quant_table.py --run "$src" --schemes "${spec#*:}" --out "$OUT/quant_$n.json" 2>&1 \
         | grep -E "^(\||prequant|calibration|Traceback|[A-Za-z]*Error)" ;;
+    fusedce)
+      python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_fused_ce.py > "$OUT/fused_ce_gputests.log" 2>&1
+      tail -3 "$OUT/fused_ce_gputests.log"
+      python3 benchmarks/fused_ce_bench.py --sweep --out "$OUT/fused_ce_bench.json" 2>&1 | tail -12 ;;
+    data:*)
+      tok="${job#data:}"
+      python3 -m pgolf data build --corpus proxy --tokenizer "$tok" --docs-dir .carry/proxy_docs \
+        --tokenizer-path ".carry/tok/proxy_${tok}.model" 2>&1 | tail -2 ;;
+    profile:*)
+      spec="${job#profile:}"; preset="${spec%%:*}"; tok=sp1024; [ "$spec" != "$preset" ] && tok="${spec#*:}"
+      python3 -m pgolf train --preset "$preset" --proxy --run-id "profile-$preset" --set "data.path=data/proxy_$tok" \
+        --set train.wallclock_s=40 --set train.profile_steps=20 2>&1 | grep -E "^(warmup|stopped|Traceback|[A-Za-z]*Error)"
+      cp "runs/profile-$preset/profile.json" "$OUT/profile_$preset.json" 2>/dev/null
+      python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(round(r['total_ms_per_step'],2), 'ms/step', \
+        {k: round(v['share'], 3) for k, v in r['kinds'].items()})" "$OUT/profile_$preset.json" ;;
     *) echo "unknown job $job" ;;
   esac
 done
