@@ -35,8 +35,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from pgolf.data.shards import read_shard
+
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 tensor-core peaks (SXM)
-_HEADER_BYTES = 256 * 4  # official shard header: 256 little-endian int32, then uint16 tokens
 
 
 def peak_flops(device_name: str) -> float | None:
@@ -100,19 +101,17 @@ def t_eff_from_tokens(tokens: np.ndarray, bos_id: int, seq_len: int) -> float:
 
 
 def read_tokens(files: Sequence[str | Path], max_tokens: int = 8_000_000) -> np.ndarray:
-    """Up to `max_tokens` tokens from the start of official-format shards, in file order."""
+    """Up to `max_tokens` tokens from the start of official-format shards, in file order (validated by
+    `pgolf.data.shards.read_shard`)."""
+    if not files:
+        raise ValueError("read_tokens: no shard files given")
     out, left = [], int(max_tokens)
     for f in files:
         if left <= 0:
             break
-        header = np.fromfile(f, dtype="<i4", count=256)
-        if header.size != 256 or int(header[0]) != 20240520:
-            raise ValueError(f"{f}: not an official shard (magic {header[:1].tolist()}, want 20240520)")
-        n = min(int(header[2]), left)
-        out.append(np.fromfile(f, dtype="<u2", count=n, offset=_HEADER_BYTES))
-        left -= n
-    if not out:
-        raise ValueError("read_tokens: no shard files given")
+        tokens = read_shard(f)[:left]
+        out.append(np.asarray(tokens))
+        left -= tokens.size
     return np.concatenate(out)
 
 
