@@ -11,7 +11,6 @@ import pytest
 from pgolf.config import ModelConfig
 from pgolf.model.gpt import GPT
 from pgolf.model.layers import CastedLinear
-from pgolf.pipeline import model_flops_per_token
 from pgolf.presets import get_preset
 from pgolf.report import flops as F
 
@@ -141,10 +140,10 @@ def test_run_mean_weights_the_phases_by_tokens():
     assert out["flat_steps"] == 35 and out["run_mean"] == pytest.approx(0.35 * pf.flat + 0.65 * pf.looped)
 
 
-def test_pipeline_flops_is_the_baseline_formula_by_hand():
+def test_summary_flops_is_the_baseline_formula_by_hand():
     # 9 layers x (d(2d + 2kv) + 2 d 2d) + V d, and causal rows of 1024 (+1 key): 6 x 9 x 1025 x 512
     expected = 6 * (9 * (512 * (1024 + 512) + 2 * 512 * 1024) + 1024 * 512) + 6 * 9 * 1025 * 512
-    assert model_flops_per_token(get_preset("baseline")) == expected
+    assert F.summary_flops(get_preset("baseline"), [], steps=0, train_time_s=0.0)["run_mean"] == expected
 
 
 def test_peak_flops_by_name():

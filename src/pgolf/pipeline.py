@@ -150,13 +150,6 @@ def load_artifact_model(path: Path, device: torch.device) -> GPT:
     return model
 
 
-def model_flops_per_token(cfg: RunConfig, curve: list[dict] | None = None, steps: int = 0, train_time_s: float = 0.0,
-                          train_files: list[Path] | None = None) -> float:
-    """Training FLOPs per token averaged over a run (`pgolf.report.flops`: 6 x matmul weights + 6 T_eff d causal,
-    document-aware attention per virtual layer, looped layers counted after the switch); no run: the first phase."""
-    return summary_flops(cfg, curve or [], steps, train_time_s, train_files or [])["run_mean"]
-
-
 def build_summary(cfg: RunConfig, rt: Runtime, data: Dataset, result: TrainResult, pre, rt_score, budget: ByteBudget,
                   eval_time: float, run_dir: Path, wall_s: float, pre_last=None) -> dict:
     tok_s = result.tokens_seen / result.train_time_s if result.train_time_s > 0 else 0.0

@@ -55,23 +55,28 @@ def unpack_bits(packed: Tensor, bits: int, n: int) -> Tensor:
     return torch.from_numpy(np.packbits(full, axis=1).reshape(-1))
 
 
-def byte_shuffle(data: bytes, stride: int) -> bytes:
-    """Bytes at offsets 0 mod stride, then 1 mod stride, ...; stride 1 is the identity."""
+def _shuffle_input(data: bytes, stride: int) -> np.ndarray | None:
+    """The bytes as uint8 for (un)shuffling, or None where the stride leaves them as they are."""
     if stride < 1:
         raise ValueError(f"byte shuffle stride must be >= 1, got {stride}")
     if stride == 1 or len(data) < 2:
+        return None
+    return np.frombuffer(bytes(data), dtype=np.uint8)
+
+
+def byte_shuffle(data: bytes, stride: int) -> bytes:
+    """Bytes at offsets 0 mod stride, then 1 mod stride, ...; stride 1 is the identity."""
+    a = _shuffle_input(data, stride)
+    if a is None:
         return bytes(data)
-    a = np.frombuffer(bytes(data), dtype=np.uint8)
     return b"".join(a[i::stride].tobytes() for i in range(stride))
 
 
 def byte_unshuffle(data: bytes, stride: int) -> bytes:
     """Inverse of `byte_shuffle` for the same stride."""
-    if stride < 1:
-        raise ValueError(f"byte shuffle stride must be >= 1, got {stride}")
-    if stride == 1 or len(data) < 2:
+    a = _shuffle_input(data, stride)
+    if a is None:
         return bytes(data)
-    a = np.frombuffer(bytes(data), dtype=np.uint8)
     out = np.empty_like(a)
     n, pos = len(a), 0
     for i in range(stride):

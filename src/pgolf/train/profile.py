@@ -1,5 +1,5 @@
 """Where a training step's time goes: torch.profiler over a window of steady-state steps, summarised per kernel
-and per kind (matmul, attention, fused/Triton, optimizer math, communication, copies), written to the run folder.
+and per kind (attention, matmul, communication, copies, fused/Triton, other), written to the run folder.
 
     pgolf train --preset pr1855 --proxy --set train.profile_steps=10     # -> runs/<id>/profile.json (+ trace)
 
