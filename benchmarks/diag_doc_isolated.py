@@ -6,6 +6,7 @@ global/shared address space" in inductor's static launcher; this narrows down th
 
     python3 benchmarks/diag_doc_isolated.py --out $OUT/diag_doc_isolated.json          # device only
     python3 benchmarks/diag_doc_isolated.py --cases flex_iso --out /tmp/d.json           # one case
+    python3 benchmarks/diag_doc_isolated.py --cases flex_iso,flex_iso_no_tma --jobs 8 --out $OUT/d.json  # at once
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 FULL = dict(doc_isolated=True, xsa_layers="all", attn_out_gate_width=12, rope_dims=16)
@@ -29,6 +31,15 @@ CASES: dict[str, dict] = {
     "flex_full": dict(attn_backend="flex", **FULL),
     "flex_full_no_static_launcher": dict(attn_backend="flex", **FULL, _static_launcher=False),
     "flex_full_no_tma": dict(attn_backend="flex", **FULL, _no_tma=True),
+    # narrowing flex_iso (train ok, logits failed on the H100): the launcher, TMA, strides, the captured doc ids,
+    # the training compile before it, grad mode, the batch shape
+    "flex_iso_no_static_launcher": dict(attn_backend="flex", doc_isolated=True, _static_launcher=False),
+    "flex_iso_no_tma": dict(attn_backend="flex", doc_isolated=True, _no_tma=True),
+    "flex_iso_contiguous_qkv": dict(attn_backend="flex", doc_isolated=True, _contiguous=True),
+    "flex_iso_doc_int32": dict(attn_backend="flex", doc_isolated=True, _doc_int32=True),
+    "flex_iso_logits_only": dict(attn_backend="flex", doc_isolated=True, _skip_train=True),
+    "flex_iso_logits_with_grad": dict(attn_backend="flex", doc_isolated=True, _grad_logits=True),
+    "flex_iso_one_row": dict(attn_backend="flex", doc_isolated=True, _shape=[1, 2048]),
 }
 
 CHILD = r"""
@@ -38,53 +49,77 @@ kw = json.loads(sys.argv[1])
 if kw.pop("_static_launcher", True) is False:
     import torch._inductor.config as ic
     ic.use_static_cuda_launcher = False
+import functools
+from torch.nn.attention.flex_attention import flex_attention
+import pgolf.model.attn_backends as ab
 if kw.pop("_no_tma", False):  # flex kernels without TMA descriptors (torch's heuristics may turn them on)
-    import functools
-    from torch.nn.attention.flex_attention import flex_attention
-    import pgolf.model.attn_backends as ab
     ab._flex = lambda q: functools.partial(flex_attention, kernel_options={"USE_TMA": False})
+if kw.pop("_contiguous", False):  # q, k, v as dense tensors, not views of the projections
+    ab._flex = lambda q: lambda q, k, v, **o: flex_attention(q.contiguous(), k.contiguous(), v.contiguous(), **o)
+if kw.pop("_doc_int32", False):  # the mask_mod's captured buffer as int32
+    ab.doc_ids = lambda ids, bos: torch.cumsum((ids == bos).to(torch.int32), dim=1, dtype=torch.int32)
+skip_train, grad_logits = kw.pop("_skip_train", False), kw.pop("_grad_logits", False)
+B, T = kw.pop("_shape", [4, 512])
 from pgolf.config import ModelConfig
 from pgolf.model.gpt import GPT, cast_for_training
 dev = torch.device("cuda")
 torch.manual_seed(0)
 model = cast_for_training(GPT(ModelConfig(vocab_size=1024, num_layers=4, model_dim=256, num_heads=4, num_kv_heads=2,
                                           **kw)), dev)
-x = torch.randint(2, 1024, (4, 512), device=dev)
+x = torch.randint(2, 1024, (B, T), device=dev)
 x[0, [0, 100, 101, 300]] = 1
-x[1, [0, 511]] = 1
+x[-1, [0, T - 1]] = 1
 with torch.autocast("cuda", dtype=torch.bfloat16):
-    loss = torch.compile(model, dynamic=False, fullgraph=True)(x, x)
-    loss.backward()
-    torch.cuda.synchronize()
+    if not skip_train:
+        loss = torch.compile(model, dynamic=False, fullgraph=True)(x, x)
+        loss.backward()
+        torch.cuda.synchronize()
     print("train ok", flush=True)
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad_logits):
         torch.compile(model.logits, dynamic=False, fullgraph=True)(x)
     torch.cuda.synchronize()
 print("logits ok", flush=True)
 """
 
 
+def run_case(name: str, env: dict[str, str]) -> dict:
+    """One case in a fresh process: its status, the last error line, and the tail of its output."""
+    t0 = time.time()
+    try:
+        p = subprocess.run([sys.executable, "-c", CHILD, json.dumps(CASES[name])], env=env, capture_output=True,
+                           text=True, timeout=400)
+        rc, out, stdout = p.returncode, p.stdout + p.stderr, p.stdout
+    except subprocess.TimeoutExpired as e:
+        rc, stdout = -1, (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        out = stdout + "\ntimed out"
+    lines = [ln for ln in out.splitlines() if ln.strip() and not ln.startswith("DEBUG")]
+    errors = [ln for ln in lines if "Error" in ln or "error" in ln]
+    status = "ok" if rc == 0 else ("train ok, logits failed" if "train ok" in stdout else "failed")
+    return {"case": name, "kwargs": CASES[name], "status": status, "seconds": round(time.time() - t0, 1),
+            "error": (errors[-1] if errors else lines[-1] if lines else f"exit {rc}") if rc else None,
+            "tail": lines[-25:] if rc else []}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", default=",".join(CASES), help=f"comma list from: {', '.join(CASES)}")
+    ap.add_argument("--jobs", type=int, default=1, help="cases run at once (each its own process and CUDA context)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
+    names = [c for c in args.cases.split(",") if c]
+    unknown = [c for c in names if c not in CASES]
+    if unknown:
+        raise SystemExit(f"unknown case(s) {unknown}; known: {', '.join(CASES)}")
     env = dict(os.environ, CUDA_LAUNCH_BLOCKING="1")
     rows = []
-    for name in [c for c in args.cases.split(",") if c]:
-        if name not in CASES:
-            raise SystemExit(f"unknown case {name!r}; known: {', '.join(CASES)}")
-        t0 = time.time()
-        p = subprocess.run([sys.executable, "-c", CHILD, json.dumps(CASES[name])], env=env, capture_output=True,
-                           text=True, timeout=300)
-        lines = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.strip() and not ln.startswith("DEBUG")]
-        errors = [ln for ln in lines if "Error" in ln or "error" in ln]
-        status = "ok" if p.returncode == 0 else ("train ok, logits failed" if "train ok" in p.stdout else "failed")
-        rows.append({"case": name, "kwargs": CASES[name], "status": status, "seconds": round(time.time() - t0, 1),
-                     "error": errors[-1] if p.returncode and errors else (lines[-1] if p.returncode else None)})
-        print(f"{name:32s} {status:26s} {rows[-1]['seconds']:6.1f}s {rows[-1]['error'] or ''}", flush=True)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"cases": rows}, indent=2) + "\n")
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        for row in pool.map(lambda n: run_case(n, env), names):
+            rows.append(row)
+            print(f"{row['case']:32s} {row['status']:26s} {row['seconds']:6.1f}s {row['error'] or ''}", flush=True)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = args.out.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"cases": rows}, indent=2) + "\n")
+            tmp.replace(args.out)
     return 0
 
 
