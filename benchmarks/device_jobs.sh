@@ -5,7 +5,7 @@
 #
 # gputests            pytest -m gpu on the model/attention tests
 # pytest:<node id>    one test, synchronous CUDA launches (tracebacks point at the failing kernel)
-# diag                 benchmarks/diag_doc_isolated.py: which attention setting faults under inductor
+# diag[:<cases>]      benchmarks/diag_doc_isolated.py: which attention setting faults under inductor
 # parity:<N>          pgolf baseline vs the official train_gpt.py, both capped at N iterations (same LR schedule)
 # ab:<variants>       benchmarks/ab_proxy.py --suite issue4 --only <variants> (ab5: the same for --suite issue5)
 # quant:<variant>:<schemes>  benchmarks/quant_table.py on the newest runs/ab-<variant>-* model
@@ -26,15 +26,16 @@ for job in "$@"; do
     pytest:*)
       CUDA_LAUNCH_BLOCKING=1 python3 -m pytest -q -x -m gpu -p no:cacheprovider -p no:logging "${job#pytest:}" 2>&1 \
         | grep -v "^DEBUG" | tail -60 ;;
-    diag)
-      python3 benchmarks/diag_doc_isolated.py --out "$OUT/diag_doc_isolated.json" ;;
+    diag|diag:*)  # diag:<case,case,...> runs those cases, 8 at a time (each its own process and CUDA context)
+      cases=""; [ "$job" != diag ] && cases="--cases ${job#diag:}"
+      python3 benchmarks/diag_doc_isolated.py $cases --jobs 8 --out "$OUT/diag_$n.json" ;;
     parity:*)
       python3 benchmarks/peer_baseline.py --peer .peers/baseline_train_gpt.py --data data/proxy_sp1024 \
         --iterations "${job#parity:}" --val-every 50 --out "$OUT/parity_iterations.json" 2>&1 | tail -4 ;;
     ab:*|ab5:*)
       suite=issue4; [ "${job%%:*}" = ab5 ] && suite=issue5
       python3 benchmarks/ab_proxy.py --suite "$suite" --data data/proxy_sp1024 --only "${job#*:}" \
-        --out "$OUT/ab_$n.json" 2>&1 | grep -E "^(variant|base|mlp3|leaky|xsa|partial|smear|parallel|loops|all|optim|Traceback|[A-Za-z]*Error)" ;;
+        --out "$OUT/ab_$n.json" 2>&1 | grep -E "^(variant|base|mlp3|leaky|xsa|partial|smear|parallel|loops|all|optim|cudnn|fused|max|doc|Traceback|[A-Za-z]*Error)" ;;
     quant:*)
       spec="${job#quant:}"; src=$(ls -d runs/ab-"${spec%%:*}"-* | tail -1)
       python3 benchmarks/quant_table.py --run "$src" --schemes "${spec#*:}" --out "$OUT/quant_$n.json" 2>&1 \

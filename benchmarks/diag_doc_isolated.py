@@ -1,6 +1,6 @@
 """Which attention setting breaks under inductor on CUDA? Each case runs in its own process (a CUDA fault poisons
 the context), compiles the bf16 training forward+backward and then `model.logits`, as
-`tests/test_attention.py::test_gpu_flex_and_sdpa_doc_isolated_agree_under_compile` does, and prints OK or the
+`tests/test_attention.py::test_gpu_doc_isolated_backend_agrees_with_sdpa_under_compile` does, and prints OK or the
 error's last line. On the H100 (torch 2.11) that test fails with "CUDA driver error: operation not supported on
 global/shared address space" in inductor's static launcher; this narrows down the technique and the backend.
 
@@ -40,6 +40,9 @@ CASES: dict[str, dict] = {
     "flex_iso_logits_only": dict(attn_backend="flex", doc_isolated=True, _skip_train=True),
     "flex_iso_logits_with_grad": dict(attn_backend="flex", doc_isolated=True, _grad_logits=True),
     "flex_iso_one_row": dict(attn_backend="flex", doc_isolated=True, _shape=[1, 2048]),
+    # torch's FlashAttention varlen kernel, cu_seqlens from outside the graph (the record's kernel, via its shim)
+    "varlen_iso": dict(attn_backend="varlen", doc_isolated=True),
+    "varlen_full": dict(attn_backend="varlen", **FULL),
 }
 
 CHILD = r"""
@@ -69,14 +72,15 @@ model = cast_for_training(GPT(ModelConfig(vocab_size=1024, num_layers=4, model_d
 x = torch.randint(2, 1024, (B, T), device=dev)
 x[0, [0, 100, 101, 300]] = 1
 x[-1, [0, T - 1]] = 1
+extra = model.attn_inputs(x)
 with torch.autocast("cuda", dtype=torch.bfloat16):
     if not skip_train:
-        loss = torch.compile(model, dynamic=False, fullgraph=True)(x, x)
+        loss = torch.compile(model, dynamic=False, fullgraph=True)(x, x, **extra)
         loss.backward()
         torch.cuda.synchronize()
     print("train ok", flush=True)
     with torch.set_grad_enabled(grad_logits):
-        torch.compile(model.logits, dynamic=False, fullgraph=True)(x)
+        torch.compile(model.logits, dynamic=False, fullgraph=True)(x, **extra)
     torch.cuda.synchronize()
 print("logits ok", flush=True)
 """

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,7 +14,8 @@ from torch import Tensor
 
 from pgolf.config import ModelConfig
 from pgolf.model.attention import CausalSelfAttention, xsa_project_out
-from pgolf.model.attn_backends import cu_seqlens, doc_causal_mask, doc_ids
+from pgolf.model.attn_backends import (CU_BUCKET, cu_seqlens, doc_causal_mask, doc_ids, ids_with_offsets,
+                                       padded_cu_seqlens, segment_buckets)
 from pgolf.model.attn_rope import apply_partial_rotary, rope_inv_freq, rope_tables, scaled_inv_freq
 from pgolf.model.gpt import GPT, cast_for_training
 from pgolf.model.layers import rms_norm
@@ -284,6 +286,8 @@ CAUSAL = [
     {"doc_isolated": True},
     {"attn_backend": "flex"},
     {"doc_isolated": True, "attn_backend": "flex"},
+    {"attn_backend": "varlen"},
+    {"doc_isolated": True, "attn_backend": "varlen", "num_kv_heads": 2},
     {"doc_isolated": True, "attn_backend": "flex", "xsa_layers": "last:2", "xsa_gated": True,
      "attn_out_gate_width": 8, "rope_dims": 4, "rope_scaling": "yarn", "rope_train_seq_len": 8},
 ]
@@ -305,7 +309,7 @@ def test_future_tokens_never_change_past_logits(kw):
             assert not torch.allclose(out[:, t + 1:], base[:, t + 1:])
 
 
-@pytest.mark.parametrize("backend", ["sdpa", "flex"])
+@pytest.mark.parametrize("backend", ["sdpa", "flex", "varlen"])
 def test_doc_isolated_other_documents_never_change_this_one(backend):
     m = perturb(build(doc_isolated=True, attn_backend=backend, xsa_layers="all"))
     plain = perturb(build(attn_backend=backend, xsa_layers="all"))
@@ -329,7 +333,7 @@ def test_doc_isolated_other_documents_never_change_this_one(backend):
         torch.testing.assert_close(out[0, 17:], base[0, 17:], atol=1e-6, rtol=1e-6)
 
 
-@pytest.mark.parametrize("backend", ["sdpa", "flex"])
+@pytest.mark.parametrize("backend", ["sdpa", "flex", "varlen"])
 def test_doc_isolated_single_document_equals_plain_causal(backend):
     iso, plain = perturb(build(doc_isolated=True, attn_backend=backend)), perturb(build())
     x = tokens(bos_at=(0,))
@@ -338,13 +342,62 @@ def test_doc_isolated_single_document_equals_plain_causal(backend):
         torch.testing.assert_close(iso.logits(x), plain.logits(x), atol=1e-5, rtol=1e-5)
 
 
-def test_flex_equals_sdpa_on_cpu():
+@pytest.mark.parametrize("backend", ["flex", "varlen"])
+def test_backend_equals_sdpa_on_cpu(backend):
     x = tokens(bos_at=(0, 7, 15))
     with torch.no_grad():
         for doc in (False, True):
             a = perturb(build(doc_isolated=doc)).logits(x)
-            b = perturb(build(doc_isolated=doc, attn_backend="flex")).logits(x)
+            b = perturb(build(doc_isolated=doc, attn_backend=backend)).logits(x)
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_varlen_takes_padded_cu_seqlens_from_outside_and_trains():
+    m = perturb(build(doc_isolated=True, attn_backend="varlen", num_kv_heads=2))
+    x = tokens(bos_at=(0, 9))
+    extra = m.attn_inputs(x)
+    cu = extra["cu_seqlens"]
+    assert cu.dtype == torch.int32 and cu.numel() % CU_BUCKET == 0
+    assert cu[:4].tolist() == [0, 9, T, T + 9] and (cu[5:] == 2 * T).all()  # 2 rows x 2 docs, then padding
+    with torch.no_grad():
+        torch.testing.assert_close(m.logits(x, **extra), m.logits(x), atol=0, rtol=0)
+    loss = m(x, x, **extra)
+    loss.backward()
+    assert torch.isfinite(loss) and m.blocks[0].attn.c_q.weight.grad.abs().sum() > 0
+    assert build(attn_backend="sdpa", doc_isolated=True).attn_inputs(x) == {}  # other backends need nothing
+
+
+def test_segment_backends_refuse_to_build_cu_seqlens_inside_a_compiled_graph(monkeypatch):
+    import pgolf.model.attn_backends as ab
+
+    m = build(doc_isolated=True, attn_backend="varlen")
+    monkeypatch.setattr(ab.torch.compiler, "is_compiling", lambda: True)
+    with pytest.raises(RuntimeError, match=r"needs cu_seqlens.*attn_inputs"):
+        m.logits(tokens(bos_at=(0, 9)))
+
+
+def test_padded_cu_seqlens_buckets_and_priming_inputs():
+    ids = torch.tensor([[5, 1, 7, 8, 1, 9], [1, 3, 4, 5, 6, 1]])
+    assert padded_cu_seqlens(ids, BOS, True, bucket=4).tolist() == [0, 1, 4, 6, 11, 12, 12, 12]
+    assert padded_cu_seqlens(ids, BOS, False, bucket=4).tolist() == [0, 6, 12, 12]
+    for n in (3, 5, 8, 13):  # a synthetic batch with exactly n offsets, what the loop primes a bucket with
+        assert cu_seqlens(ids_with_offsets(2, 6, n, BOS), BOS).numel() == n
+    with pytest.raises(ValueError, match="cannot build 14 cu_seqlens offsets from 2 rows of 6 tokens"):
+        ids_with_offsets(2, 6, 14, BOS)
+
+
+def test_segment_buckets_bound_every_window_of_the_stream():
+    g = np.random.default_rng(0)
+    stream = np.where(g.random(5000) < 0.05, BOS, 7).astype(np.uint16)
+    stream[2000:2100:2] = BOS  # a dense patch: the worst window holds it
+    rows, L = 4, 32
+    buckets = segment_buckets(stream, rows=rows, seq_len=L, bos_id=BOS, doc_isolated=True, bucket=8)
+    seen = set()
+    for start in range(0, len(stream) - rows * L):
+        ids = torch.from_numpy(stream[start:start + rows * L].astype(np.int64)).view(rows, L)
+        seen.add(padded_cu_seqlens(ids, BOS, True, bucket=8).numel())
+    assert seen <= set(buckets) and max(seen) == max(buckets) and buckets == sorted(buckets)
+    assert segment_buckets(stream, rows=rows, seq_len=L, bos_id=BOS, doc_isolated=False, bucket=8) == [8]
 
 
 def test_flex_trains_on_cpu_through_the_dense_fallback():
@@ -427,7 +480,7 @@ def test_gates_stay_fp32_in_the_training_cast():
     assert cast_for_training(m, torch.device("cpu")).blocks[0].attn.attn_gate_w.dtype == torch.float32
 
 
-@pytest.mark.parametrize("backend", ["sdpa", "flex"])
+@pytest.mark.parametrize("backend", ["sdpa", "flex", "varlen"])
 def test_compiles_fullgraph_with_every_attention_technique(backend):
     torch._dynamo.reset()
     m = perturb(build(num_layers=2, doc_isolated=True, attn_backend=backend, xsa_layers="all", xsa_gated=True,
@@ -435,15 +488,15 @@ def test_compiles_fullgraph_with_every_attention_technique(backend):
     x = tokens(bos_at=(0, 9))
     with torch.no_grad():  # FlexAttention has no CPU backward; the GPU test below covers training
         eager = m.logits(x)
-        compiled = torch.compile(m.logits, fullgraph=True, backend="eager")(x)
+        compiled = torch.compile(m.logits, fullgraph=True, backend="eager")(x, **m.attn_inputs(x))
     torch.testing.assert_close(compiled, eager, atol=1e-6, rtol=1e-6)
 
 
 # ---------------------------------------------------------------- GPU
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_gpu_flex_and_sdpa_doc_isolated_agree_under_compile():
+def _compiled_doc_isolated(backend: str) -> tuple[Tensor, float]:
+    """bf16 logits and training loss of a compiled doc-isolated model with XSA, gate and partial RoPE on CUDA, after
+    one compiled backward; cu_seqlens (varlen) from outside the graph, as the training loop passes them."""
     dev = torch.device("cuda")
     kw = dict(vocab_size=1024, num_layers=4, model_dim=256, num_heads=4, num_kv_heads=2, doc_isolated=True,
               xsa_layers="all", attn_out_gate_width=12, rope_dims=16)
@@ -452,20 +505,25 @@ def test_gpu_flex_and_sdpa_doc_isolated_agree_under_compile():
     for row, starts in enumerate(((0, 100, 101, 300), (0, 511), (7,), (0, 128, 256, 384))):
         x[row, list(starts)] = BOS
     x = x.to(dev)
-    out = {}
-    for backend in ("sdpa", "flex"):
-        torch.manual_seed(0)
-        model = perturb(GPT(ModelConfig(attn_backend=backend, **kw)), scale=0.02)
-        model = cast_for_training(model, dev)
-        fn = torch.compile(model, dynamic=False, fullgraph=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = fn(x, x)
-            loss.backward()
-            with torch.no_grad():
-                out[backend] = (torch.compile(model.logits, dynamic=False, fullgraph=True)(x), loss.item())
-        assert torch.isfinite(model.blocks[0].attn.c_q.weight.grad).all()
-    torch.testing.assert_close(out["flex"][0], out["sdpa"][0], atol=0.1, rtol=0.05)
-    assert abs(out["flex"][1] - out["sdpa"][1]) < 2e-2
+    torch.manual_seed(0)
+    model = cast_for_training(perturb(GPT(ModelConfig(attn_backend=backend, **kw)), scale=0.02), dev)
+    extra = model.attn_inputs(x)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = torch.compile(model, dynamic=False, fullgraph=True)(x, x, **extra)
+        loss.backward()
+        with torch.no_grad():
+            logits = torch.compile(model.logits, dynamic=False, fullgraph=True)(x, **extra)
+    assert torch.isfinite(model.blocks[0].attn.c_q.weight.grad).all()
+    return logits, loss.item()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", ["flex", "varlen"])
+def test_gpu_doc_isolated_backend_agrees_with_sdpa_under_compile(backend):
+    (ref, ref_loss), (out, loss) = _compiled_doc_isolated("sdpa"), _compiled_doc_isolated(backend)
+    torch.testing.assert_close(out, ref, atol=0.1, rtol=0.05)
+    assert abs(loss - ref_loss) < 2e-2
 
 
 def test_run_config_ties_rope_train_seq_len_to_train_seq_len():

@@ -380,3 +380,15 @@ def test_gpu_shim_varlen_equals_per_segment_attention_with_grads():
             torch.testing.assert_close(t.grad.float(), w.float(), atol=5e-2, rtol=5e-2)
     dense = shim.flash_attn_func(q[None, :100], k[None, :100], v[None, :100], causal=True)[0]
     torch.testing.assert_close(dense.float(), ref[:100], atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("suite", ["issue4", "issue5"])
+def test_every_ab_proxy_variant_is_a_valid_config(suite):
+    from pgolf.config import apply_overrides
+    from pgolf.presets import get_preset, proxy_form
+
+    ab = _load("ab_proxy", ROOT / "benchmarks" / "ab_proxy.py")
+    base = proxy_form(get_preset("baseline"))
+    for name, overrides in ab.SUITES[suite].items():
+        cfg = apply_overrides(base, overrides)  # raises, naming the field, on a bad override
+        assert (cfg == base) == (not overrides), name

@@ -119,3 +119,37 @@ def test_compile_mode_reaches_the_training_graph_and_is_validated(byte_dataset, 
     assert {"dynamic": False, "fullgraph": True, "mode": "max-autotune-no-cudagraphs"} in seen
     with pytest.raises(ValueError, match="train.compile_mode='fast'"):
         train_cpu(tiny_run_config(byte_dataset, tmp_path / "runs", compile_mode="fast"), tmp_path / "run2")
+
+
+def test_varlen_run_matches_sdpa_doc_isolated_and_primes_every_bucket(byte_dataset, tmp_path, monkeypatch):
+    import pgolf.eval.flat as flat
+    import pgolf.model.attn_backends as ab
+    from pgolf.data.dataset import Dataset
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)  # the priming path runs; graphs stay eager on CPU
+    monkeypatch.setattr(ab, "CU_BUCKET", 2)  # small buckets: a tiny batch reaches several
+    primed: list[tuple[int, int, int]] = []
+
+    def spy(rows, seq_len, offsets, bos_id, device="cpu"):
+        primed.append((rows, seq_len, offsets))
+        return ab.ids_with_offsets(rows, seq_len, offsets, bos_id, device)
+
+    monkeypatch.setattr(loop, "ids_with_offsets", spy)
+    monkeypatch.setattr(flat, "ids_with_offsets", spy)
+    base = tiny_run_config(byte_dataset, tmp_path / "runs", iterations=4, compile=True, warmup_steps=1, val_every=2)
+    runs = {}
+    for backend in ("sdpa", "varlen"):
+        cfg = dataclasses.replace(base, model=dataclasses.replace(base.model, doc_isolated=True, attn_backend=backend))
+        runs[backend] = train_cpu(cfg, tmp_path / backend)
+    curve = {k: [p.get("train_loss", p.get("val_bpb")) for p in r.curve] for k, r in runs.items()}
+    assert len(curve["varlen"]) == len(curve["sdpa"]) > 4
+    assert curve["varlen"] == pytest.approx(curve["sdpa"], abs=1e-4)
+    data = Dataset.open(base.data, base.model.vocab_size)
+    L, rows = base.train.seq_len, base.train.micro_batch_tokens // base.train.seq_len
+    train_want = ab.segment_buckets(loop.read_shard(data.train_files[0]), rows=rows, seq_len=L, bos_id=1,
+                                    doc_isolated=True)
+    eval_rows = base.eval.batch_tokens // L
+    eval_want = ab.segment_buckets(data.val_tokens, rows=eval_rows, seq_len=L, bos_id=1, doc_isolated=True)
+    assert len(train_want) > 1 and len(eval_want) > 1
+    assert sorted(n for r, _, n in primed if r == rows) == train_want  # one milestone: each bucket once
+    assert sorted(n for r, _, n in primed if r == eval_rows) == eval_want

@@ -16,6 +16,7 @@ from typing import Callable
 from torch import Tensor
 
 from pgolf.eval.bpb import BPBAccumulator, BPBResult, ByteLUT
+from pgolf.model.attn_backends import ids_with_offsets
 
 
 def usable_val_tokens(num_tokens: int, seq_len: int) -> int:
@@ -88,13 +89,19 @@ def flat_batch_shapes(num_tokens: int, *, seq_len: int, batch_tokens: int, max_t
 
 @torch.no_grad()
 def prime_shapes(token_losses: Callable[[Tensor, Tensor], Tensor], shapes: list[tuple[int, int]],
-                 device: torch.device) -> None:
+                 device: torch.device, offsets: dict[tuple[int, int], list[int]] | None = None,
+                 bos_id: int = 1) -> None:
     """Call `token_losses` once per shape on zeros, so a compiled (static-shape) eval graph is built for each
-    before the training clock starts rather than during the first real evaluation."""
+    before the training clock starts rather than during the first real evaluation. `offsets` (varlen / fa3
+    backends): per shape, the cu_seqlens lengths to prime, each from a synthetic batch with that many segments
+    (`attn_backends.ids_with_offsets`)."""
     for b, seq_len in shapes:
-        x, y = _inputs_targets(torch.zeros(b * seq_len + 1, dtype=torch.int64, device=device), seq_len)
-        with _autocast(device):
-            token_losses(x, y)
+        for n in (offsets or {}).get((b, seq_len), [0]):
+            ids = ids_with_offsets(b, seq_len, n, bos_id, device).flatten() if n else \
+                torch.zeros(b * seq_len, dtype=torch.int64, device=device)
+            x, y = _inputs_targets(torch.cat((ids, ids.new_zeros(1))), seq_len)
+            with _autocast(device):
+                token_losses(x, y)
 
 
 def _inputs_targets(chunk: Tensor, seq_len: int) -> tuple[Tensor, Tensor]:

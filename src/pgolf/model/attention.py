@@ -4,7 +4,7 @@ and one optional per-head output gate. Data flow for one layer, x = the normed b
     q, k, v = x Wq, x Wk, x Wv                      # H query heads, Hkv <= H key/value heads (GQA)
     q, k    = rope(rms_norm(q)), rope(rms_norm(k))    # attn_rope.py: first rope_dims dims, ntk / yarn past L_train
     q       = q * q_gain_h                            # learned per-head gain, init qk_gain_init
-    y       = attend(q, k, v, ctx)                    # attn_backends.py: sdpa | flex | fa3, causal or per document
+    y       = attend(q, k, v, ctx)                    # attn_backends.py: sdpa | flex | varlen | fa3, causal or per doc
     y       = y - c_h (y . v^) v^                     # XSA on xsa_layers; c = 1, or tanh(xsa_alpha_h) if xsa_gated
     y_h     = y_h * gate_h(x)                         # AttnOutGate | SparseAttnGate | dense gated attention
     out     = y Wo                                    # zero-init
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pgolf.config import ModelConfig
-from pgolf.model.attn_backends import attend, require_fa3
+from pgolf.model.attn_backends import attend, require_fa3, require_varlen
 from pgolf.model.attn_rope import apply_partial_rotary, rope_tables, scaled_inv_freq
 from pgolf.model.layers import CastedLinear, rms_norm
 from pgolf.model.patterns import parse_layers
@@ -60,6 +60,8 @@ class CausalSelfAttention(nn.Module):
         self.backend = cfg.attn_backend
         if self.backend == "fa3":
             require_fa3()  # fail at build time, not at the first forward
+        elif self.backend == "varlen":
+            require_varlen()
         # New parameters are created only when their technique is on, after the baseline ones, so a model with
         # everything off draws exactly the baseline's random stream.
         self.use_xsa = parse_layers(cfg.xsa_layers, cfg.num_layers, field="model.xsa_layers")[layer]

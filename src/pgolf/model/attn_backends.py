@@ -8,12 +8,20 @@
     sdpa  F.scaled_dot_product_attention; causal flag, or a (B, 1, T, T) boolean mask when doc-isolated (any device)
     flex  torch.nn.attention.flex_attention with a causal or per-document BlockMask (compiled on CUDA). FlexAttention
           has no CPU backward, so on CPU with autograd the same mask goes through SDPA densely
+    varlen PyTorch's FlashAttention varlen kernel (torch.nn.attention.varlen.varlen_attn, CUDA) over the flattened
+          (B*T) stream cut at every BOS and row start: the kernel TOP (#1855) runs through FA3. On CPU (tests) the
+          same segments go through SDPA as a dense mask
     fa3   flash_attn_interface (FlashAttention-3, Hopper only, optional): flash_attn_func, or flash_attn_varlen_func
-          on cu_seqlens from the BOS positions. The varlen path has a data-dependent shape (nonzero), so it is not
-          fullgraph-compilable; TOP builds cu_seqlens in its loader instead.
+          on the same cu_seqlens as varlen
 
 `build_attn_context` runs once per forward (in ``GPT.hidden``) from the input ids; every attention layer receives its
 result and hands it to `attend`. The baseline (sdpa, not isolated) gets None and stays ``is_causal=True``.
+
+Segment offsets (cu_seqlens) have a data-dependent length, which a static compiled graph cannot produce. So varlen
+and fa3 take them from outside the graph, as TOP's loader does (#1855 ``_build_cu_seqlens``): `padded_cu_seqlens`
+runs eagerly per batch (one nonzero and a host sync) and pads the offsets to a multiple of `CU_BUCKET` with the
+total length, i.e. empty trailing segments, so a compiled graph serves every batch of a bucket
+(``GPT.attn_inputs`` calls it; the training loop primes the buckets the data can produce, `segment_buckets`).
 """
 
 from __future__ import annotations
@@ -25,7 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-BACKENDS = ("sdpa", "flex", "fa3")
+BACKENDS = ("sdpa", "flex", "varlen", "fa3")
+SEGMENT_BACKENDS = ("varlen", "fa3")  # backends whose context is cu_seqlens
+CU_BUCKET = 64  # cu_seqlens lengths are padded to a multiple of this (TOP #1855: cu_bucket_size=64)
 
 
 def doc_ids(input_ids: Tensor, bos_id: int) -> Tensor:
@@ -49,6 +59,56 @@ def cu_seqlens(input_ids: Tensor, bos_id: int) -> Tensor:
     idx = torch.nonzero(starts.flatten()).squeeze(1)
     total = torch.full((1,), input_ids.numel(), dtype=idx.dtype, device=idx.device)
     return torch.cat((idx, total)).to(torch.int32)
+
+
+def padded_cu_seqlens(input_ids: Tensor, bos_id: int, doc_isolated: bool, bucket: int | None = None) -> Tensor:
+    """Eager (syncs once): int32 segment offsets of the flattened (B*T) batch, one segment per row, cut at every BOS
+    when `doc_isolated`, then the total B*T repeated up to a multiple of `bucket` (empty segments)."""
+    B, T = input_ids.shape
+    if doc_isolated:
+        cu = cu_seqlens(input_ids, bos_id)
+    else:
+        cu = torch.arange(0, B * T + 1, T, dtype=torch.int32, device=input_ids.device)
+    size = bucketed(cu.numel(), bucket or CU_BUCKET)
+    return torch.cat((cu, cu.new_full((size - cu.numel(),), B * T)))
+
+
+def bucketed(n: int, bucket: int) -> int:
+    """n rounded up to a multiple of `bucket`."""
+    return -(-n // bucket) * bucket
+
+
+def segment_buckets(tokens: Any, *, rows: int, seq_len: int, bos_id: int, doc_isolated: bool,
+                    bucket: int | None = None) -> list[int]:
+    """Every padded cu_seqlens length that a (rows, seq_len) batch cut from the 1-d token array `tokens` can have:
+    from the fewest segments (rows + 1 offsets) to the most BOS tokens any window of rows*seq_len tokens holds
+    (a window starts anywhere, so this bounds every loader), in steps of `bucket`. What the loop primes."""
+    import numpy as np
+
+    bucket = bucket or CU_BUCKET
+    lo = rows + 1
+    hi = lo
+    if doc_isolated:
+        window = rows * seq_len
+        bos = np.flatnonzero(np.asarray(tokens) == bos_id)
+        if bos.size:
+            hi += int((np.searchsorted(bos, bos + window, side="left") - np.arange(bos.size)).max())
+    return list(range(bucketed(lo, bucket), bucketed(hi, bucket) + 1, bucket))
+
+
+def ids_with_offsets(rows: int, seq_len: int, offsets: int, bos_id: int, device: torch.device | str = "cpu") -> Tensor:
+    """(rows, seq_len) token ids, BOS where needed and a filler id elsewhere, whose doc-isolated cu_seqlens has
+    exactly `offsets` entries (rows + BOS tokens off the row starts + 1): a priming input that builds the compiled
+    graph of that cu_seqlens bucket before the clock starts (the graph depends on its length, not its values)."""
+    slots = rows * (seq_len - 1)  # positions that are not a row start
+    extra = offsets - 1 - rows
+    if not 0 <= extra <= slots:
+        raise ValueError(f"cannot build {offsets} cu_seqlens offsets from {rows} rows of {seq_len} tokens "
+                         f"(between {rows + 1} and {rows + 1 + slots})")
+    ids = torch.full((rows, seq_len), 0 if bos_id != 0 else 1, dtype=torch.int64, device=device)
+    pick = torch.arange(extra, device=device) * slots // max(extra, 1)  # spread over the batch, all distinct
+    ids[pick // (seq_len - 1), pick % (seq_len - 1) + 1] = bos_id
+    return ids
 
 
 def flex_block_mask(input_ids: Tensor, bos_id: int, doc_isolated: bool) -> Any:
@@ -77,15 +137,22 @@ def dense_mask(block_mask: Any, T: int, device: torch.device) -> Tensor:
     return block_mask.mask_mod(b, h, pos.view(1, 1, T, 1), pos.view(1, 1, 1, T)).expand(b.size(0), 1, T, T)
 
 
-def build_attn_context(cfg: Any, input_ids: Tensor) -> Any:
+def build_attn_context(cfg: Any, input_ids: Tensor, cu: Tensor | None = None) -> Any:
     """What every attention layer of one forward needs besides q, k, v: None (plain causal), a boolean mask
-    (sdpa), a BlockMask (flex) or cu_seqlens (fa3)."""
+    (sdpa), a BlockMask (flex) or cu_seqlens (varlen, fa3: `cu` when given, which a compiled graph needs)."""
     if cfg.attn_backend == "flex":
         return flex_block_mask(input_ids, cfg.bos_id, cfg.doc_isolated)
+    if cfg.attn_backend in SEGMENT_BACKENDS:
+        if cu is not None:
+            return cu
+        if cfg.attn_backend == "fa3" and not cfg.doc_isolated:
+            return None  # flash_attn_func, causal
+        if torch.compiler.is_compiling():
+            raise RuntimeError(f"model.attn_backend={cfg.attn_backend!r} inside torch.compile needs cu_seqlens from "
+                               "outside the graph: call the model with **model.attn_inputs(input_ids)")
+        return padded_cu_seqlens(input_ids, cfg.bos_id, cfg.doc_isolated)
     if not cfg.doc_isolated:
         return None
-    if cfg.attn_backend == "fa3":
-        return cu_seqlens(input_ids, cfg.bos_id)
     return doc_causal_mask(input_ids, cfg.bos_id)
 
 
@@ -151,6 +218,8 @@ def attend(q: Tensor, k: Tensor, v: Tensor, ctx: Any, backend: str) -> Tensor:
             mask = dense_mask(ctx, q.size(2), q.device)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return _flex(q)(q, k, v, block_mask=ctx, enable_gqa=gqa)
+    if backend == "varlen":
+        return _attend_varlen(q, k, v, ctx)
     if backend == "fa3":
         return _attend_fa3(q, k, v, ctx)
     raise ValueError(f"model.attn_backend={backend!r} is not one of {', '.join(BACKENDS)}")
@@ -168,3 +237,46 @@ def _attend_fa3(q: Tensor, k: Tensor, v: Tensor, cu: Tensor | None) -> Tensor:
                                          causal=True)
     out = out[0] if isinstance(out, tuple) else out  # some FA3 builds also return the log-sum-exp
     return out.reshape(B, T, H, D).transpose(1, 2)
+
+
+def _attend_varlen(q: Tensor, k: Tensor, v: Tensor, cu: Tensor) -> Tensor:
+    """Causal attention within the segments [cu[i], cu[i+1]) of the flattened stream; (B, H, T, D) in and out."""
+    B, H, T, D = q.shape
+    if not q.is_cuda:  # no CPU kernel: the same segments as a dense (1, 1, BT, BT) mask (tests, reference)
+        pos = torch.arange(B * T, device=q.device)
+        seg = torch.searchsorted(cu.to(torch.int64), pos, right=True)
+        mask = ((seg[:, None] == seg[None, :]) & (pos[:, None] >= pos[None, :]))[None, None]
+        flat = [t.transpose(1, 2).reshape(1, B * T, t.size(1), D).transpose(1, 2) for t in (q, k, v)]
+        y = F.scaled_dot_product_attention(*flat, attn_mask=mask, enable_gqa=k.size(1) != H)
+        return y.transpose(1, 2).reshape(B, T, H, D).transpose(1, 2)
+    fn, causal, native_gqa = _VARLEN or require_varlen()
+    gqa: dict = {}
+    if k.size(1) != H:
+        if native_gqa:
+            gqa = {"enable_gqa": True}
+        else:
+            k, v = (t.repeat_interleave(H // k.size(1), dim=1) for t in (k, v))
+    flat = [t.transpose(1, 2).reshape(B * T, t.size(1), D) for t in (q, k, v)]
+    out = fn(*flat, cu, cu, T, T, **causal, **gqa)
+    out = out[0] if isinstance(out, tuple) else out
+    return out.reshape(B, T, H, D).transpose(1, 2)
+
+
+_VARLEN: list = []  # (varlen_attn, causal kwargs, has enable_gqa), filled once outside any compiled graph
+
+
+def require_varlen() -> list:
+    """torch's varlen_attn with this PyTorch's spelling of causal (window_size=(-1, 0), else is_causal=True) and
+    whether it takes enable_gqa (else K/V heads are repeated); an ImportError that says what to use without it."""
+    if not _VARLEN:
+        try:
+            from torch.nn.attention.varlen import varlen_attn
+        except ImportError:
+            raise ImportError("model.attn_backend='varlen' needs torch.nn.attention.varlen (PyTorch >= 2.9); use "
+                              "model.attn_backend='flex' or 'sdpa'") from None
+        import inspect
+
+        params = inspect.signature(varlen_attn).parameters
+        causal = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+        _VARLEN.extend((varlen_attn, causal, "enable_gqa" in params))
+    return _VARLEN

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pgolf.config import ModelConfig
-from pgolf.model.attn_backends import apply_sdpa_priority, build_attn_context
+from pgolf.model.attn_backends import SEGMENT_BACKENDS, apply_sdpa_priority, build_attn_context, padded_cu_seqlens
 from pgolf.model.block import Block
 from pgolf.model.embed import BigramHash, SmearGateBOS, SmearGateV1
 from pgolf.model.fused_ce import softcapped_cross_entropy
@@ -91,10 +91,23 @@ class GPT(nn.Module):
             x = self.smear(x)
         return x
 
-    def hidden(self, input_ids: Tensor) -> Tensor:
-        """Final-normed hidden states (B, T, D)."""
+    @property
+    def uses_segments(self) -> bool:
+        """Whether attention reads cu_seqlens (varlen; fa3 when doc-isolated), which `attn_inputs` supplies."""
+        backend = self.cfg.attn_backend
+        return backend in SEGMENT_BACKENDS and (backend == "varlen" or self.cfg.doc_isolated)
+
+    def attn_inputs(self, input_ids: Tensor) -> dict[str, Tensor]:
+        """Extra forward arguments computed outside a compiled graph: {"cu_seqlens": ...} for the segment backends
+        (attn_backends.padded_cu_seqlens), else {}. Call as ``net(x, y, **model.attn_inputs(x))``."""
+        if not self.uses_segments:
+            return {}
+        return {"cu_seqlens": padded_cu_seqlens(input_ids, self.cfg.bos_id, self.cfg.doc_isolated)}
+
+    def hidden(self, input_ids: Tensor, cu_seqlens: Tensor | None = None) -> Tensor:
+        """Final-normed hidden states (B, T, D). cu_seqlens: see `attn_inputs`."""
         x = x0 = self.embed(input_ids)
-        ctx = build_attn_context(self.cfg, input_ids)  # attention mask / doc segments, shared by all layers
+        ctx = build_attn_context(self.cfg, input_ids, cu_seqlens)  # mask / doc segments, shared by all layers
         encoder, decoder = self.order.looped if self.looping else self.order.plain
         skips: list[Tensor] = []
         for i in encoder:
@@ -128,31 +141,31 @@ class GPT(nn.Module):
         lane = self.cfg.parallel_final_lane
         return lane0 if lane == "attn" else lane1 if lane == "mlp" else 0.5 * (lane0 + lane1)
 
-    def raw_logits(self, input_ids: Tensor) -> Tensor:
+    def raw_logits(self, input_ids: Tensor, cu_seqlens: Tensor | None = None) -> Tensor:
         """Head output before the softcap, (B, T, V), in the activation dtype (bf16 under autocast)."""
-        h = self.hidden(input_ids)
+        h = self.hidden(input_ids, cu_seqlens)
         w = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
         return F.linear(h, w.to(h.dtype))
 
-    def logits(self, input_ids: Tensor) -> Tensor:
+    def logits(self, input_ids: Tensor, cu_seqlens: Tensor | None = None) -> Tensor:
         """Soft-capped logits in fp32, (B, T, V)."""
-        raw = self.raw_logits(input_ids)
+        raw = self.raw_logits(input_ids, cu_seqlens)
         cap = self.cfg.logit_softcap
         return (cap * torch.tanh(raw / cap)).float()
 
-    def token_losses(self, input_ids: Tensor, target_ids: Tensor) -> Tensor:
+    def token_losses(self, input_ids: Tensor, target_ids: Tensor, cu_seqlens: Tensor | None = None) -> Tensor:
         """Per-token negative log-likelihood in nats, (B, T), fp32."""
-        logits = self.logits(input_ids)
+        logits = self.logits(input_ids, cu_seqlens)
         return F.cross_entropy(logits.flatten(0, 1), target_ids.flatten(), reduction="none").view_as(target_ids)
 
-    def forward(self, input_ids: Tensor, target_ids: Tensor) -> Tensor:
+    def forward(self, input_ids: Tensor, target_ids: Tensor, cu_seqlens: Tensor | None = None) -> Tensor:
         """Mean training loss (nats/token). With fused_ce (PR #1787; TOP #1855) softcap + CE run in one kernel on the
         raw head, in fp32 (fused_ce.py). token_losses (evaluation) keeps the eager head on purpose, as the record
         does: under autocast its tanh runs in bf16, so the fused loss is close to it but not bit-equal on GPU."""
         if self.cfg.fused_ce:
-            raw = self.raw_logits(input_ids)
+            raw = self.raw_logits(input_ids, cu_seqlens)
             return softcapped_cross_entropy(raw.flatten(0, 1), target_ids.flatten(), self.cfg.logit_softcap)
-        logits = self.logits(input_ids)
+        logits = self.logits(input_ids, cu_seqlens)
         return F.cross_entropy(logits.flatten(0, 1), target_ids.flatten())
 
 

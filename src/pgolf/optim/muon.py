@@ -97,11 +97,9 @@ def zeropower_newton_schulz(G: Tensor, steps: int = 5, coeffs: Coeffs = NS5_COEF
 def _compiled_ns():
     # One graph per (batch, rows, cols): a rank sees up to two batch sizes per shape, so a model with
     # many shapes can pass dynamo's default limit of 8 graphs and silently drop to eager. Raise it.
-    import torch._dynamo
+    from pgolf.compile_limits import raise_recompile_limit
 
-    for key in ("recompile_limit", "cache_size_limit"):
-        if hasattr(torch._dynamo.config, key):
-            setattr(torch._dynamo.config, key, max(getattr(torch._dynamo.config, key), 64))
+    raise_recompile_limit(64)
     return torch.compile(zeropower_newton_schulz, dynamic=False)
 
 

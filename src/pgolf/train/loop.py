@@ -23,10 +23,13 @@ import torch.distributed
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from pgolf.compile_limits import raise_recompile_limit
 from pgolf.config import RunConfig
 from pgolf.data.dataset import Dataset
+from pgolf.data.shards import read_shard
 from pgolf.eval.bpb import ByteLUT
 from pgolf.eval.flat import evaluate_flat, flat_batch_shapes, prime_shapes
+from pgolf.model.attn_backends import ids_with_offsets, segment_buckets
 from pgolf.model.gpt import GPT, cast_for_training
 from pgolf.data.loaders_common import build_loader
 from pgolf.optim.builder import build_optimizers, muon_momentum_at, wd_mul
@@ -69,6 +72,38 @@ def avoid_inductor_fusion_bug() -> None:
         inductor_config.triton.mix_order_reduction = False
 
 
+def segmented(token_losses, model: GPT):
+    """(x, y) -> nats that hands `token_losses` the cu_seqlens of x (varlen / fa3 backends)."""
+    def scorer(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return token_losses(x, y, **model.attn_inputs(x))
+
+    return scorer
+
+
+def segment_offsets(model: GPT, data: Dataset, tc, eval_shapes: list[tuple[int, int]]):
+    """cu_seqlens lengths to prime (attn_backends.segment_buckets): for training, every bucket a micro-batch cut
+    from the first train shard can reach; for evaluation, per eval shape, from the validation stream. Empty for
+    the backends without segments."""
+    if not model.uses_segments:
+        return [], {}
+    kw = dict(bos_id=model.cfg.bos_id, doc_isolated=model.cfg.doc_isolated)
+    train = segment_buckets(read_shard(data.train_files[0]), rows=tc.micro_batch_tokens // tc.seq_len,
+                            seq_len=tc.seq_len, **kw)
+    evals = {(b, L): segment_buckets(data.val_tokens, rows=b, seq_len=L, **kw) for b, L in eval_shapes}
+    return train, evals
+
+
+def prime_train_offsets(net: nn.Module, model: GPT, offsets: list[int], rows: int, seq_len: int,
+                        device: torch.device) -> None:
+    """One forward + backward per cu_seqlens length on a synthetic batch (attn_backends.ids_with_offsets), so each
+    bucket's training graph is compiled before the clock; the caller zeroes the gradients."""
+    for n in offsets:
+        x = ids_with_offsets(rows, seq_len, n, model.cfg.bos_id, device)
+        with autocast_ctx(device):
+            loss = net(x, x, **model.attn_inputs(x))
+        loss.backward()
+
+
 def autocast_ctx(device: torch.device):
     if device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
@@ -94,6 +129,9 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
     averager: WeightAverager | None = None  # EMA / SWA, created after the compile warm-up
     lut = ByteLUT.from_numpy(data.luts, rt.device)
     eval_losses = torch.compile(model.token_losses, dynamic=False) if tc.compile else model.token_losses
+    if model.uses_segments:  # varlen / fa3: cu_seqlens built outside the graph, one graph per bucket
+        raise_recompile_limit(64)
+        eval_losses = segmented(eval_losses, model)
     log(f"model_params:{sum(p.numel() for p in model.parameters())} world_size:{rt.world_size} grad_accum:{accum} "
         f"micro_batch_tokens:{tc.micro_batch_tokens} batch_tokens:{tc.batch_tokens} seq_len:{tc.seq_len}")
 
@@ -112,7 +150,7 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
         total = torch.zeros((), device=rt.device)
         for x, y in micro_batches():
             with autocast_ctx(rt.device):
-                loss = net(x, y)
+                loss = net(x, y, **model.attn_inputs(x))
             total += loss.detach()
             (loss / accum).backward()
         opt.set_muon_momentum(muon_momentum_at(step, cfg.optim, frac))
@@ -138,11 +176,15 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
                                 if tc.val_every > 0 else [])})
         # Prime every graph the run will use: one pass per progress milestone (e.g. depth recurrence switching
         # on at 35% of training is a second graph), so no recompilation lands on the clock.
+        train_offsets, eval_offsets = segment_offsets(model, data, tc, eval_shapes)
         for at in (0.0, *model.progress_milestones()):
             for i in range(tc.warmup_steps):
                 one_step(i, 0.0, priming=True, at=at)
             if tc.compile:  # and the eval graph in that state, at every batch shape the evaluations will use
-                prime_shapes(eval_losses, eval_shapes, rt.device)
+                prime_train_offsets(net, model, train_offsets, tc.micro_batch_tokens // tc.seq_len, tc.seq_len,
+                                    rt.device)
+                opt.zero_grad(set_to_none=True)
+                prime_shapes(eval_losses, eval_shapes, rt.device, eval_offsets, cfg.model.bos_id)
         model.load_state_dict(init_model)
         opt.load_state_dict(init_opt)
         loader.load_state_dict(init_loader)
