@@ -40,6 +40,9 @@ CASES: dict[str, dict] = {
     "flex_iso_logits_only": dict(attn_backend="flex", doc_isolated=True, _skip_train=True),
     "flex_iso_logits_with_grad": dict(attn_backend="flex", doc_isolated=True, _grad_logits=True),
     "flex_iso_one_row": dict(attn_backend="flex", doc_isolated=True, _shape=[1, 2048]),
+    # H100 torch 2.11: only the no-grad graph faults, in a flex template fused with the block-mask ops
+    "flex_iso_no_prologue_fusion": dict(attn_backend="flex", doc_isolated=True, _no_prologue_fusion=True),
+    "flex_full_no_prologue_fusion": dict(attn_backend="flex", **FULL, _no_prologue_fusion=True),
     # torch's FlashAttention varlen kernel, cu_seqlens from outside the graph (the record's kernel, via its shim)
     "varlen_iso": dict(attn_backend="varlen", doc_isolated=True),
     "varlen_full": dict(attn_backend="varlen", **FULL),
@@ -52,6 +55,9 @@ kw = json.loads(sys.argv[1])
 if kw.pop("_static_launcher", True) is False:
     import torch._inductor.config as ic
     ic.use_static_cuda_launcher = False
+if kw.pop("_no_prologue_fusion", False):
+    import torch._inductor.config as ic
+    ic.prologue_fusion = False
 import functools
 from torch.nn.attention.flex_attention import flex_attention
 import pgolf.model.attn_backends as ab
