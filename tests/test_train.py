@@ -124,10 +124,18 @@ def test_compile_mode_reaches_the_training_graph_and_is_validated(byte_dataset, 
 def test_varlen_run_matches_sdpa_doc_isolated_and_primes_every_bucket(byte_dataset, tmp_path, monkeypatch):
     import pgolf.eval.flat as flat
     import pgolf.model.attn_backends as ab
-    from pgolf.data.dataset import Dataset
+    from pgolf.model.gpt import GPT
 
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)  # the priming path runs; graphs stay eager on CPU
-    monkeypatch.setattr(ab, "CU_BUCKET", 2)  # small buckets: a tiny batch reaches several
+    monkeypatch.setattr(ab, "CU_BUCKET", 2)  # small buckets
+    wanted: dict[int, list[int]] = {}
+
+    def buckets(tokens, *, rows, **kw):  # the real bound plus one more bucket, so that several are primed
+        wanted[rows] = [*ab.segment_buckets(tokens, rows=rows, **kw)]
+        wanted[rows].append(2 * wanted[rows][-1])
+        return wanted[rows]
+
+    monkeypatch.setattr(loop, "segment_buckets", buckets)
     primed: list[tuple[int, int, int]] = []
 
     def spy(rows, seq_len, offsets, bos_id, device="cpu"):
@@ -136,6 +144,14 @@ def test_varlen_run_matches_sdpa_doc_isolated_and_primes_every_bucket(byte_datas
 
     monkeypatch.setattr(loop, "ids_with_offsets", spy)
     monkeypatch.setattr(flat, "ids_with_offsets", spy)
+    layouts = set()  # what a compiled graph guards on: priming must call it like the loader's batches do
+    forward = GPT.forward
+
+    def forward_spy(self, x, y, **kw):
+        layouts.add((x is y, x.storage_offset(), y.storage_offset(), x.is_contiguous(), y.is_contiguous()))
+        return forward(self, x, y, **kw)
+
+    monkeypatch.setattr(GPT, "forward", forward_spy)
     base = tiny_run_config(byte_dataset, tmp_path / "runs", iterations=4, compile=True, warmup_steps=1, val_every=2)
     runs = {}
     for backend in ("sdpa", "varlen"):
@@ -144,12 +160,8 @@ def test_varlen_run_matches_sdpa_doc_isolated_and_primes_every_bucket(byte_datas
     curve = {k: [p.get("train_loss", p.get("val_bpb")) for p in r.curve] for k, r in runs.items()}
     assert len(curve["varlen"]) == len(curve["sdpa"]) > 4
     assert curve["varlen"] == pytest.approx(curve["sdpa"], abs=1e-4)
-    data = Dataset.open(base.data, base.model.vocab_size)
-    L, rows = base.train.seq_len, base.train.micro_batch_tokens // base.train.seq_len
-    train_want = ab.segment_buckets(loop.read_shard(data.train_files[0]), rows=rows, seq_len=L, bos_id=1,
-                                    doc_isolated=True)
-    eval_rows = base.eval.batch_tokens // L
-    eval_want = ab.segment_buckets(data.val_tokens, rows=eval_rows, seq_len=L, bos_id=1, doc_isolated=True)
-    assert len(train_want) > 1 and len(eval_want) > 1
-    assert sorted(n for r, _, n in primed if r == rows) == train_want  # one milestone: each bucket once
-    assert sorted(n for r, _, n in primed if r == eval_rows) == eval_want
+    rows, eval_rows = base.train.micro_batch_tokens // base.train.seq_len, base.eval.batch_tokens // base.train.seq_len
+    assert sorted(wanted) == [rows, eval_rows]
+    assert sorted(n for r, _, n in primed if r == rows) == wanted[rows]  # one milestone: each bucket once
+    assert sorted(n for r, _, n in primed if r == eval_rows) == wanted[eval_rows]
+    assert layouts == {(False, 0, 0, True, True)}

@@ -19,8 +19,8 @@ result and hands it to `attend`. The baseline (sdpa, not isolated) gets None and
 
 Segment offsets (cu_seqlens) have a data-dependent length, which a static compiled graph cannot produce. So varlen
 and fa3 take them from outside the graph, as TOP's loader does (#1855 ``_build_cu_seqlens``): `padded_cu_seqlens`
-runs eagerly per batch (one nonzero and a host sync) and pads the offsets to a multiple of `CU_BUCKET` with the
-total length, i.e. empty trailing segments, so a compiled graph serves every batch of a bucket
+runs eagerly per batch (one nonzero and a host sync) and pads the offsets with the total length (empty trailing
+segments) up to a bucket, CU_BUCKET times a power of two, so a compiled graph serves every batch of a bucket
 (``GPT.attn_inputs`` calls it; the training loop primes the buckets the data can produce, `segment_buckets`).
 """
 
@@ -35,7 +35,10 @@ from torch import Tensor
 
 BACKENDS = ("sdpa", "flex", "varlen", "fa3")
 SEGMENT_BACKENDS = ("varlen", "fa3")  # backends whose context is cu_seqlens
-CU_BUCKET = 64  # cu_seqlens lengths are padded to a multiple of this (TOP #1855: cu_bucket_size=64)
+# cu_seqlens lengths are padded to CU_BUCKET * 2^k. TOP (#1855) pads to multiples of 64; on the proxy (96 rows of
+# 1024) that range needed 16 graphs and 243 s of compile warm-up (issue 5), doubling needs a handful. An empty
+# segment only launches kernel blocks that exit at once.
+CU_BUCKET = 64
 
 
 def doc_ids(input_ids: Tensor, bos_id: int) -> Tensor:
@@ -74,15 +77,18 @@ def padded_cu_seqlens(input_ids: Tensor, bos_id: int, doc_isolated: bool, bucket
 
 
 def bucketed(n: int, bucket: int) -> int:
-    """n rounded up to a multiple of `bucket`."""
-    return -(-n // bucket) * bucket
+    """The smallest bucket * 2^k >= n."""
+    size = bucket
+    while size < n:
+        size *= 2
+    return size
 
 
 def segment_buckets(tokens: Any, *, rows: int, seq_len: int, bos_id: int, doc_isolated: bool,
                     bucket: int | None = None) -> list[int]:
     """Every padded cu_seqlens length that a (rows, seq_len) batch cut from the 1-d token array `tokens` can have:
     from the fewest segments (rows + 1 offsets) to the most BOS tokens any window of rows*seq_len tokens holds
-    (a window starts anywhere, so this bounds every loader), in steps of `bucket`. What the loop primes."""
+    (a window starts anywhere, so this bounds every loader), doubling from `bucket`. What the loop primes."""
     import numpy as np
 
     bucket = bucket or CU_BUCKET
@@ -93,7 +99,10 @@ def segment_buckets(tokens: Any, *, rows: int, seq_len: int, bos_id: int, doc_is
         bos = np.flatnonzero(np.asarray(tokens) == bos_id)
         if bos.size:
             hi += int((np.searchsorted(bos, bos + window, side="left") - np.arange(bos.size)).max())
-    return list(range(bucketed(lo, bucket), bucketed(hi, bucket) + 1, bucket))
+    sizes = [bucketed(lo, bucket)]
+    while sizes[-1] < hi:
+        sizes.append(sizes[-1] * 2)
+    return sizes
 
 
 def ids_with_offsets(rows: int, seq_len: int, offsets: int, bos_id: int, device: torch.device | str = "cpu") -> Tensor:

@@ -99,8 +99,9 @@ def prime_train_offsets(net: nn.Module, model: GPT, offsets: list[int], rows: in
     bucket's training graph is compiled before the clock; the caller zeroes the gradients."""
     for n in offsets:
         x = ids_with_offsets(rows, seq_len, n, model.cfg.bos_id, device)
+        y = x.clone()  # laid out as the loaders' batches (two tensors, offset 0): aliased inputs get other guards
         with autocast_ctx(device):
-            loss = net(x, x, **model.attn_inputs(x))
+            loss = net(x, y, **model.attn_inputs(x))
         loss.backward()
 
 
