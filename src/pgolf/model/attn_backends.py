@@ -7,7 +7,9 @@
 
     sdpa  F.scaled_dot_product_attention; causal flag, or a (B, 1, T, T) boolean mask when doc-isolated (any device)
     flex  torch.nn.attention.flex_attention with a causal or per-document BlockMask (compiled on CUDA). FlexAttention
-          has no CPU backward, so on CPU with autograd the same mask goes through SDPA densely
+          has no CPU backward, so on CPU with autograd the same mask goes through SDPA densely. On an H100 with
+          torch 2.11 the compiled no-grad graph of a per-document mask over B > 1 rows faults (illegal address);
+          training graphs do not (benchmarks/diag_doc_isolated.py)
     varlen PyTorch's FlashAttention varlen kernel (torch.nn.attention.varlen.varlen_attn, CUDA) over the flattened
           (B*T) stream cut at every BOS and row start: the kernel TOP (#1855) runs through FA3. On CPU (tests) the
           same segments go through SDPA as a dense mask

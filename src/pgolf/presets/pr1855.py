@@ -21,9 +21,11 @@ int8 per row; control tensors fp16; per-group compression.
 Not reproduced (yet) by pgolf, so this preset is the record's training recipe, not its score:
 - CaseOps tokenizer and byte sidecar (record: ``CASEOPS_ENABLED=1``); here the plain sp8192 tokenizer.
 - Phased LoRA TTT evaluation (3 phases, 2,500 prefix docs, rank 80); pgolf scores flat only (eval.mode=flat).
-- The fused Triton LeakyReLU² MLP kernel, FlashAttention-3 varlen and parameter banking with the sharded Parallel
-  Muon: pgolf computes the same model with torch.compile, FlexAttention and DDP (the fused softcapped CE is
-  pgolf's own ``model.fused_ce``).
+- The fused Triton LeakyReLU² MLP kernel, FlashAttention-3 and parameter banking with the sharded Parallel Muon:
+  pgolf computes the same model with torch.compile, PyTorch's FlashAttention varlen kernel (``attn_backend=varlen``,
+  cu_seqlens padded like the record's loader) and DDP (the fused softcapped CE is pgolf's own ``model.fused_ce``).
+  ``attn_backend=flex`` gives the same attention, but on an H100 with torch 2.11 its compiled no-grad graph
+  (evaluation) faults (benchmarks/results/diag_doc_isolated_h100_narrowing.json).
 - The per-group lrzip (ZPAQ) back-end and row similarity sort: pgolf's ``compressor=pergroup`` picks among its own
   codecs per tensor group.
 - The record clips gradients per rank before its reduce-scatter; pgolf clips the all-reduced gradient.
@@ -41,7 +43,7 @@ def preset() -> RunConfig:
             tie_embeddings=True, tied_embed_init_std=0.005, logit_softcap=30.0, rope_base=10000.0,
             qk_gain_init=5.0, rope_dims=16, rope_train_seq_len=2048, xsa_layers="all",
             sparse_attn_gate_width=12, sparse_attn_gate_scale=0.5, gated_attn_quant_gate=True,
-            doc_isolated=True, attn_backend="flex",
+            doc_isolated=True, attn_backend="varlen",  # the record's FA3 varlen, as PyTorch's kernel
             mlp_act="leaky_relu2", mlp_leaky_slope=0.5, skip_gates=True, ln_scale=True,
             parallel_start_layer=8, parallel_final_lane="mean",
             num_loops=2, loop_start=3, loop_end=5, loop_enable_at=0.35,
