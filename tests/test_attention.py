@@ -518,9 +518,17 @@ def _compiled_doc_isolated(backend: str) -> tuple[Tensor, float]:
     return logits, loss.item()
 
 
+# Skipped, not xfailed: a CUDA fault is sticky and would fail every later GPU test of the process.
+# benchmarks/diag_doc_isolated.py re-checks it in child processes.
+FLEX_NO_GRAD_FAULT = pytest.mark.skipif(
+    torch.__version__.startswith("2.11"),
+    reason="H100, torch 2.11: the compiled no-grad graph of flex with a per-document BlockMask over B > 1 rows "
+           "faults (illegal address); training graphs do not (benchmarks/results/diag_doc_isolated_h100_narrowing.json)")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("backend", ["flex", "varlen"])
+@pytest.mark.parametrize("backend", [pytest.param("flex", marks=FLEX_NO_GRAD_FAULT), "varlen"])
 def test_gpu_doc_isolated_backend_agrees_with_sdpa_under_compile(backend):
     (ref, ref_loss), (out, loss) = _compiled_doc_isolated("sdpa"), _compiled_doc_isolated(backend)
     torch.testing.assert_close(out, ref, atol=0.1, rtol=0.05)

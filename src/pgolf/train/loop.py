@@ -130,6 +130,9 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
     averager: WeightAverager | None = None  # EMA / SWA, created after the compile warm-up
     lut = ByteLUT.from_numpy(data.luts, rt.device)
     eval_losses = torch.compile(model.token_losses, dynamic=False) if tc.compile else model.token_losses
+    if tc.compile and rt.device.type == "cuda" and cfg.model.attn_backend == "flex" and cfg.model.doc_isolated:
+        log("warning: flex + doc_isolated: on an H100 with torch 2.11 the compiled evaluation graph faults "
+            "(benchmarks/diag_doc_isolated.py); model.attn_backend=varlen computes the same attention")
     if model.uses_segments:  # varlen / fa3: cu_seqlens built outside the graph, one graph per bucket
         raise_recompile_limit(64)
         eval_losses = segmented(eval_losses, model)
