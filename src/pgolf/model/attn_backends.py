@@ -148,16 +148,21 @@ def dense_mask(block_mask: Any, T: int, device: torch.device) -> Tensor:
     return block_mask.mask_mod(b, h, pos.view(1, 1, T, 1), pos.view(1, 1, 1, T)).expand(b.size(0), 1, T, T)
 
 
+def needs_cu_seqlens(cfg: Any) -> bool:
+    """Whether attention reads cu_seqlens: varlen always, fa3 when doc-isolated (``GPT.attn_inputs`` supplies them)."""
+    return cfg.attn_backend == "varlen" or (cfg.attn_backend == "fa3" and cfg.doc_isolated)
+
+
 def build_attn_context(cfg: Any, input_ids: Tensor, cu: Tensor | None = None) -> Any:
     """What every attention layer of one forward needs besides q, k, v: None (plain causal), a boolean mask
     (sdpa), a BlockMask (flex) or cu_seqlens (varlen, fa3: `cu` when given, which a compiled graph needs)."""
     if cfg.attn_backend == "flex":
         return flex_block_mask(input_ids, cfg.bos_id, cfg.doc_isolated)
     if cfg.attn_backend in SEGMENT_BACKENDS:
+        if not needs_cu_seqlens(cfg):
+            return None  # fa3 without isolation: flash_attn_func, causal
         if cu is not None:
             return cu
-        if cfg.attn_backend == "fa3" and not cfg.doc_isolated:
-            return None  # flash_attn_func, causal
         if torch.compiler.is_compiling():
             raise RuntimeError(f"model.attn_backend={cfg.attn_backend!r} inside torch.compile needs cu_seqlens from "
                                "outside the graph: call the model with **model.attn_inputs(input_ids)")

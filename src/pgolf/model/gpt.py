@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pgolf.config import ModelConfig
-from pgolf.model.attn_backends import SEGMENT_BACKENDS, apply_sdpa_priority, build_attn_context, padded_cu_seqlens
+from pgolf.model.attn_backends import apply_sdpa_priority, build_attn_context, needs_cu_seqlens, padded_cu_seqlens
 from pgolf.model.block import Block
 from pgolf.model.embed import BigramHash, SmearGateBOS, SmearGateV1
 from pgolf.model.fused_ce import softcapped_cross_entropy
@@ -94,8 +94,7 @@ class GPT(nn.Module):
     @property
     def uses_segments(self) -> bool:
         """Whether attention reads cu_seqlens (varlen; fa3 when doc-isolated), which `attn_inputs` supplies."""
-        backend = self.cfg.attn_backend
-        return backend in SEGMENT_BACKENDS and (backend == "varlen" or self.cfg.doc_isolated)
+        return needs_cu_seqlens(self.cfg)
 
     def attn_inputs(self, input_ids: Tensor) -> dict[str, Tensor]:
         """Extra forward arguments computed outside a compiled graph: {"cu_seqlens": ...} for the segment backends
