@@ -12,7 +12,8 @@
 #          PGOLF_SETS="--set model.fused_ce=false ..." extra pgolf overrides | PRESET=pr1855 | DATA=data/proxy_sp8192
 #          SKIP_SETUP=1: do not source device_env.sh (a local dry run:
 #          OUT=/tmp/o SKIP_SETUP=1 PRESET=tiny DATA=data/demo_sp1024 S=3 bash benchmarks/issue5_throughput.sh)
-#   two calls instead of one: MODE=record, then MODE=pgolf, then locally
+#   two calls instead of one (advised since pr1855 uses attn_backend=varlen: pgolf primes one training graph per
+#   cu_seqlens bucket and loop state, and one eval graph per bucket): MODE=record, then MODE=pgolf, then locally
 #          python3 benchmarks/throughput.py --merge throughput_record.json throughput_pgolf.json --out merged.json
 #   time on one H100 (estimates, not measured): setup 30-60 s (wheels, proxy sp8192 encoded from the carried docs);
 #   record 200-280 s (start-up ~15 s, two compiled graphs for its one cu_seqlens bucket, loops off/on, ~60-90 s
