@@ -1,8 +1,9 @@
 """Which attention setting breaks under inductor on CUDA? Each case runs in its own process (a CUDA fault poisons
 the context), compiles the bf16 training forward+backward and then `model.logits`, as
 `tests/test_attention.py::test_gpu_doc_isolated_backend_agrees_with_sdpa_under_compile` does, and prints OK or the
-error's last line. On the H100 (torch 2.11) that test fails with "CUDA driver error: operation not supported on
-global/shared address space" in inductor's static launcher; this narrows down the technique and the backend.
+error's last line. On the H100 (torch 2.11) that test's flex case fails with "CUDA driver error: operation not
+supported on global/shared address space"; these cases narrowed it to the compiled no-grad graph with B > 1 rows
+(benchmarks/results/diag_doc_isolated_h100_narrowing.json). The varlen cases pass.
 
     python3 benchmarks/diag_doc_isolated.py --out $OUT/diag_doc_isolated.json          # device only
     python3 benchmarks/diag_doc_isolated.py --cases flex_iso --out /tmp/d.json           # one case

@@ -50,10 +50,20 @@ def doc_ids(input_ids: Tensor, bos_id: int) -> Tensor:
 
 def doc_causal_mask(input_ids: Tensor, bos_id: int) -> Tensor:
     """(B, 1, T, T) boolean SDPA mask: True where query t may attend key s (s <= t, same document)."""
-    T = input_ids.size(1)
-    doc = doc_ids(input_ids, bos_id)
-    causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()
-    return (causal[None] & (doc[:, :, None] == doc[:, None, :]))[:, None]
+    return same_segment_causal(doc_ids(input_ids, bos_id))
+
+
+def same_segment_causal(seg: Tensor) -> Tensor:
+    """(B, 1, T, T) boolean mask from segment ids (B, T): key s <= query t and seg[s] == seg[t]."""
+    T = seg.size(1)
+    causal = torch.ones(T, T, dtype=torch.bool, device=seg.device).tril()
+    return (causal[None] & (seg[:, :, None] == seg[:, None, :]))[:, None]
+
+
+def repeat_kv(k: Tensor, v: Tensor, heads: int) -> tuple[Tensor, Tensor]:
+    """K/V (B, Hkv, T, D) with each head repeated to `heads` heads, for kernels without GQA."""
+    g = heads // k.size(1)
+    return k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
 
 
 def cu_seqlens(input_ids: Tensor, bos_id: int) -> Tensor:
@@ -68,7 +78,7 @@ def cu_seqlens(input_ids: Tensor, bos_id: int) -> Tensor:
 
 def padded_cu_seqlens(input_ids: Tensor, bos_id: int, doc_isolated: bool, bucket: int | None = None) -> Tensor:
     """Eager (syncs once): int32 segment offsets of the flattened (B*T) batch, one segment per row, cut at every BOS
-    when `doc_isolated`, then the total B*T repeated up to a multiple of `bucket` (empty segments)."""
+    when `doc_isolated`, then the total B*T repeated up to the next `bucket` * 2^k entries (empty segments)."""
     B, T = input_ids.shape
     if doc_isolated:
         cu = cu_seqlens(input_ids, bos_id)
@@ -225,8 +235,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, ctx: Any, backend: str) -> Tensor:
         if ctx is None:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         if gqa and q.is_cuda:  # CUDA's masked (mem-efficient) kernel has no GQA: expand K/V, not the math fallback
-            g = q.size(1) // k.size(1)
-            k, v, gqa = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1), False
+            (k, v), gqa = repeat_kv(k, v, q.size(1)), False
         return F.scaled_dot_product_attention(q, k, v, attn_mask=ctx, enable_gqa=gqa)
     if backend == "flex":
         if q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad:
@@ -259,9 +268,8 @@ def _attend_varlen(q: Tensor, k: Tensor, v: Tensor, cu: Tensor) -> Tensor:
     """Causal attention within the segments [cu[i], cu[i+1]) of the flattened stream; (B, H, T, D) in and out."""
     B, H, T, D = q.shape
     if not q.is_cuda:  # no CPU kernel: the same segments as a dense (1, 1, BT, BT) mask (tests, reference)
-        pos = torch.arange(B * T, device=q.device)
-        seg = torch.searchsorted(cu.to(torch.int64), pos, right=True)
-        mask = ((seg[:, None] == seg[None, :]) & (pos[:, None] >= pos[None, :]))[None, None]
+        seg = torch.searchsorted(cu.to(torch.int64), torch.arange(B * T, device=q.device), right=True)
+        mask = same_segment_causal(seg[None])
         flat = [t.transpose(1, 2).reshape(1, B * T, t.size(1), D).transpose(1, 2) for t in (q, k, v)]
         y = F.scaled_dot_product_attention(*flat, attn_mask=mask, enable_gqa=k.size(1) != H)
         return y.transpose(1, 2).reshape(B, T, H, D).transpose(1, 2)
@@ -271,7 +279,7 @@ def _attend_varlen(q: Tensor, k: Tensor, v: Tensor, cu: Tensor) -> Tensor:
         if native_gqa:
             gqa = {"enable_gqa": True}
         else:
-            k, v = (t.repeat_interleave(H // k.size(1), dim=1) for t in (k, v))
+            k, v = repeat_kv(k, v, H)
     flat = [t.transpose(1, 2).reshape(B * T, t.size(1), D) for t in (q, k, v)]
     out = fn(*flat, cu, cu, T, T, **causal, **gqa)
     out = out[0] if isinstance(out, tuple) else out
