@@ -11,7 +11,8 @@ the ratios pgolf / record.
 
 pgolf runs as ``python -m pgolf train --preset P --set train.wallclock_s=S ...`` with a cheap export (int8 + zlib,
 no GPTQ; `QUICK_EXPORT`) and one eval batch shape (fewer compiled eval graphs to prime); with
-``--stop-after-training`` it is stopped once its ``stopped:`` line (steps, time, peak memory) is in train.log. The
+``--stop-after-training`` it primes no eval graph (``train.prime_eval=false``) and is stopped once its ``stopped:``
+line (steps, time, peak memory) is in train.log. The
 record runs from a patched temporary copy (record1855.py) with ``benchmarks/shims`` (a FlashAttention-3 stand-in)
 on PYTHONPATH. Both runs log every `--log-every` steps; the wall second at which each printed its first step and
 its end of training is kept (``marks``), i.e. how long start-up and compilation took.
@@ -90,8 +91,9 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def pgolf_command(preset: str, run_id: str, seconds: float, data: Path, sets: Sequence[str], *, warmup_steps: int,
-                  log_every: int) -> list[str]:
-    """``python -m pgolf train`` with the benchmark's overrides; the caller's `sets` come last and win."""
+                  log_every: int, training_only: bool = False) -> list[str]:
+    """``python -m pgolf train`` with the benchmark's overrides; the caller's `sets` come last and win.
+    `training_only` (--stop-after-training): no evaluation graphs are compiled in the warm-up."""
     from pgolf.config import apply_overrides
     from pgolf.presets import get_preset
 
@@ -99,6 +101,8 @@ def pgolf_command(preset: str, run_id: str, seconds: float, data: Path, sets: Se
             f"data.path={data}", *QUICK_EXPORT]
     if data.name.startswith("proxy_"):
         base.append("data.corpus=proxy")
+    if training_only:
+        base.append("train.prime_eval=false")
     apply_overrides(get_preset(preset), [*base, *sets])  # a bad override fails here, before the device run
     cmd = [sys.executable, "-m", "pgolf", "train", "--preset", preset, "--run-id", run_id]
     for s in (*base, *sets):
@@ -108,7 +112,7 @@ def pgolf_command(preset: str, run_id: str, seconds: float, data: Path, sets: Se
 
 def run_pgolf(args, workdir: Path, run_id: str) -> dict[str, Any]:
     cmd = pgolf_command(args.pgolf, run_id, args.seconds, args.data, args.set, warmup_steps=args.warmup_steps,
-                        log_every=args.log_every)
+                        log_every=args.log_every, training_only=args.stop_after_training)
     print("+", shlex.join(cmd), flush=True)
     run_dir = Path("runs") / run_id
     res = run_logged(cmd, cwd=Path.cwd(), env=dict(os.environ), log_path=workdir / "pgolf_stdout.log",

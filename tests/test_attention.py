@@ -15,7 +15,7 @@ from torch import Tensor
 from pgolf.config import ModelConfig
 from pgolf.model.attention import CausalSelfAttention, xsa_project_out
 from pgolf.model.attn_backends import (CU_BUCKET, cu_seqlens, doc_causal_mask, doc_ids, ids_with_offsets,
-                                       padded_cu_seqlens, segment_buckets)
+                                       padded_cu_seqlens, segment_bound)
 from pgolf.model.attn_rope import apply_partial_rotary, rope_inv_freq, rope_tables, scaled_inv_freq
 from pgolf.model.gpt import GPT, cast_for_training
 from pgolf.model.layers import rms_norm
@@ -381,24 +381,27 @@ def test_padded_cu_seqlens_buckets_and_priming_inputs():
     assert padded_cu_seqlens(ids, BOS, True, bucket=4).tolist() == [0, 1, 4, 6, 11, 12, 12, 12]
     assert padded_cu_seqlens(ids, BOS, False, bucket=4).tolist() == [0, 6, 12, 12]
     assert padded_cu_seqlens(ids_with_offsets(2, 6, 9, BOS), BOS, True, bucket=4).numel() == 16  # 4 * 2^k
+    assert padded_cu_seqlens(ids, BOS, True, bucket=4, size=16).numel() == 16  # padded to the length fixed per shape
+    assert padded_cu_seqlens(ids, BOS, True, bucket=4, size=4).numel() == 8  # outgrown: the next bucket
     for n in (3, 5, 8, 13):  # a synthetic batch with exactly n offsets, what the loop primes a bucket with
         assert cu_seqlens(ids_with_offsets(2, 6, n, BOS), BOS).numel() == n
     with pytest.raises(ValueError, match="cannot build 14 cu_seqlens offsets from 2 rows of 6 tokens"):
         ids_with_offsets(2, 6, 14, BOS)
 
 
-def test_segment_buckets_bound_every_window_of_the_stream():
+def test_segment_bound_fits_every_window_of_the_stream():
     g = np.random.default_rng(0)
     stream = np.where(g.random(5000) < 0.05, BOS, 7).astype(np.uint16)
     stream[2000:2100:2] = BOS  # a dense patch: the worst window holds it
     rows, L = 4, 32
-    buckets = segment_buckets(stream, rows=rows, seq_len=L, bos_id=BOS, doc_isolated=True, bucket=8)
-    seen = set()
+    bound = segment_bound(stream, rows=rows, seq_len=L, bos_id=BOS, doc_isolated=True, bucket=8)
+    most = 0
     for start in range(0, len(stream) - rows * L):
         ids = torch.from_numpy(stream[start:start + rows * L].astype(np.int64)).view(rows, L)
-        seen.add(padded_cu_seqlens(ids, BOS, True, bucket=8).numel())
-    assert seen <= set(buckets) and max(seen) == max(buckets) and buckets == sorted(buckets)
-    assert segment_buckets(stream, rows=rows, seq_len=L, bos_id=BOS, doc_isolated=False, bucket=8) == [8]
+        most = max(most, cu_seqlens(ids, BOS).numel())
+        assert padded_cu_seqlens(ids, BOS, True, bucket=8, size=bound).numel() == bound  # one length, one graph
+    assert bound == 8 * 2 ** int(np.ceil(np.log2(most / 8)))  # the tightest 8 * 2^k
+    assert segment_bound(stream, rows=rows, seq_len=L, bos_id=BOS, doc_isolated=False, bucket=8) == 8
 
 
 def test_flex_trains_on_cpu_through_the_dense_fallback():

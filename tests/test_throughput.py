@@ -258,7 +258,9 @@ def test_pgolf_command_puts_user_overrides_last(tmp_path):
     cmd = tp.pgolf_command("pr1855", "rid", 60, data, ["quant.codec=lzma"], warmup_steps=5, log_every=5)
     sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
     assert sets[0] == "train.wallclock_s=60" and sets[-1] == "quant.codec=lzma" and "data.corpus=proxy" in sets
-    assert "quant.scheme=int8_rowwise" in sets
+    assert "quant.scheme=int8_rowwise" in sets and "train.prime_eval=false" not in sets
+    only = tp.pgolf_command("pr1855", "rid", 60, data, [], warmup_steps=5, log_every=5, training_only=True)
+    assert "train.prime_eval=false" in only  # a run stopped at the end of training compiles no eval graph
     assert cmd[cmd.index("--preset") + 1] == "pr1855" and cmd[cmd.index("--run-id") + 1] == "rid"
     with pytest.raises(ValueError, match="no_such_field"):  # checked here, not after a device start-up
         tp.pgolf_command("pr1855", "rid", 60, data, ["train.no_such_field=1"], warmup_steps=5, log_every=5)

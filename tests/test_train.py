@@ -121,47 +121,53 @@ def test_compile_mode_reaches_the_training_graph_and_is_validated(byte_dataset, 
         train_cpu(tiny_run_config(byte_dataset, tmp_path / "runs", compile_mode="fast"), tmp_path / "run2")
 
 
-def test_varlen_run_matches_sdpa_doc_isolated_and_primes_every_bucket(byte_dataset, tmp_path, monkeypatch):
-    import pgolf.eval.flat as flat
+def test_varlen_run_matches_sdpa_doc_isolated_and_every_batch_uses_its_primed_graph(byte_dataset, tmp_path,
+                                                                                      monkeypatch):
     import pgolf.model.attn_backends as ab
     from pgolf.model.gpt import GPT
 
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)  # the priming path runs; graphs stay eager on CPU
-    monkeypatch.setattr(ab, "CU_BUCKET", 2)  # small buckets
-    wanted: dict[int, list[int]] = {}
-
-    def buckets(tokens, *, rows, **kw):  # the real bound plus one more bucket, so that several are primed
-        wanted[rows] = [*ab.segment_buckets(tokens, rows=rows, **kw)]
-        wanted[rows].append(2 * wanted[rows][-1])
-        return wanted[rows]
-
-    monkeypatch.setattr(loop, "segment_buckets", buckets)
-    primed: list[tuple[int, int, int]] = []
-
-    def spy(rows, seq_len, offsets, bos_id, device="cpu"):
-        primed.append((rows, seq_len, offsets))
-        return ab.ids_with_offsets(rows, seq_len, offsets, bos_id, device)
-
-    monkeypatch.setattr(loop, "ids_with_offsets", spy)
-    monkeypatch.setattr(flat, "ids_with_offsets", spy)
-    layouts = set()  # what a compiled graph guards on: priming must call it like the loader's batches do
-    forward = GPT.forward
+    monkeypatch.setattr(ab, "bucketed", lambda n, bucket: n)  # no rounding: unpadded batches differ in length
+    calls = []  # (phase, x shape, cu_seqlens length) of every forward: a new length is a new compiled graph
+    phase = ["prime"]
+    forward, token_losses, start = GPT.forward, GPT.token_losses, loop.Clock.start
 
     def forward_spy(self, x, y, **kw):
-        layouts.add((x is y, x.storage_offset(), y.storage_offset(), x.is_contiguous(), y.is_contiguous()))
+        calls.append((phase[0], "train", tuple(x.shape), (x is y, x.storage_offset(), y.storage_offset()),
+                      kw["cu_seqlens"].numel() if "cu_seqlens" in kw else None, id(self)))
         return forward(self, x, y, **kw)
 
+    def losses_spy(self, x, y, **kw):
+        calls.append((phase[0], "eval", tuple(x.shape), None, kw["cu_seqlens"].numel() if "cu_seqlens" in kw else None,
+                      id(self)))
+        return token_losses(self, x, y, **kw)
+
+    def start_spy(self):
+        phase[0] = "clock"
+        return start(self)
+
     monkeypatch.setattr(GPT, "forward", forward_spy)
+    monkeypatch.setattr(GPT, "token_losses", losses_spy)
+    monkeypatch.setattr(loop.Clock, "start", start_spy)
     base = tiny_run_config(byte_dataset, tmp_path / "runs", iterations=4, compile=True, warmup_steps=1, val_every=2)
     runs = {}
     for backend in ("sdpa", "varlen"):
         cfg = dataclasses.replace(base, model=dataclasses.replace(base.model, doc_isolated=True, attn_backend=backend))
+        phase[0] = "prime"
+        calls.clear()
         runs[backend] = train_cpu(cfg, tmp_path / backend)
     curve = {k: [p.get("train_loss", p.get("val_bpb")) for p in r.curve] for k, r in runs.items()}
     assert len(curve["varlen"]) == len(curve["sdpa"]) > 4
     assert curve["varlen"] == pytest.approx(curve["sdpa"], abs=1e-4)
-    rows, eval_rows = base.train.micro_batch_tokens // base.train.seq_len, base.eval.batch_tokens // base.train.seq_len
-    assert sorted(wanted) == [rows, eval_rows]
-    assert sorted(n for r, _, n in primed if r == rows) == wanted[rows]  # one milestone: each bucket once
-    assert sorted(n for r, _, n in primed if r == eval_rows) == wanted[eval_rows]
-    assert layouts == {(False, 0, 0, True, True)}
+    trained = calls[0][-1]  # the training model; the round trip scores a model rebuilt from the artifact, eagerly
+    primed = {(kind, shape, cu) for ph, kind, shape, _, cu, m in calls if ph == "prime"}
+    on_clock = {(kind, shape, cu) for ph, kind, shape, _, cu, m in calls if ph == "clock" and m == trained}
+    assert {k for k, _, _ in on_clock} == {"train", "eval"}  # val_every=2: both graphs run on the clock
+    assert on_clock <= primed  # and no cu_seqlens length (no compiled graph) is first met there
+    assert len({(kind, shape) for kind, shape, _ in primed}) == len(primed)  # one padded length per shape
+    rows = base.train.micro_batch_tokens // base.train.seq_len
+    stream = loop.read_shard(sorted(byte_dataset.glob("*train*.bin"))[0])
+    bound = ab.segment_bound(stream, rows=rows, seq_len=base.train.seq_len, bos_id=base.model.bos_id,
+                             doc_isolated=True)
+    assert ("train", (rows, base.train.seq_len), bound) in primed
+    assert {layout for ph, kind, _, layout, _, m in calls if kind == "train"} == {(False, 0, 0)}  # as the loaders

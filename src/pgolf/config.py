@@ -236,6 +236,8 @@ class TrainConfig:
     micro_batch_tokens: int = 65_536  # tokens per forward/backward on one rank
     seq_len: int = 1024
     warmup_steps: int = 20  # compile-priming steps, then weights and optimizer state are restored
+    prime_eval: bool = True  # also compile the evaluation graphs in the warm-up (off: a throughput run that stops
+    #                          at the end of training skips them; the final evaluation then compiles its own)
     # LR warmdown. warmdown_frac > 0: linear to min_lr over the last fraction of the wallclock.
     # Otherwise the baseline's rule: the last `warmdown_iters` steps, estimated from step time.
     warmdown_iters: int = 1200

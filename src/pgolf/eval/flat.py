@@ -89,19 +89,17 @@ def flat_batch_shapes(num_tokens: int, *, seq_len: int, batch_tokens: int, max_t
 
 @torch.no_grad()
 def prime_shapes(token_losses: Callable[[Tensor, Tensor], Tensor], shapes: list[tuple[int, int]],
-                 device: torch.device, offsets: dict[tuple[int, int], list[int]] | None = None,
-                 bos_id: int = 1) -> None:
-    """Call `token_losses` once per shape on zeros, so a compiled (static-shape) eval graph is built for each
-    before the training clock starts rather than during the first real evaluation. `offsets` (varlen / fa3
-    backends): per shape, the cu_seqlens lengths to prime, each from a synthetic batch with that many segments
-    (`attn_backends.ids_with_offsets`)."""
+                 device: torch.device, bos_id: int | None = None) -> None:
+    """Call `token_losses` once per shape, so a compiled (static-shape) eval graph is built for each before the
+    training clock starts rather than during the first real evaluation. On zeros, or with `bos_id` (varlen / fa3
+    backends, whose scorer pads cu_seqlens to the length fixed per shape) on a batch with one segment per row
+    (`attn_backends.ids_with_offsets`): the padding brings it to that length."""
     for b, seq_len in shapes:
-        for n in (offsets or {}).get((b, seq_len), [0]):
-            ids = ids_with_offsets(b, seq_len, n, bos_id, device).flatten() if n else \
-                torch.zeros(b * seq_len, dtype=torch.int64, device=device)
-            x, y = _inputs_targets(torch.cat((ids, ids.new_zeros(1))), seq_len)
-            with _autocast(device):
-                token_losses(x, y)
+        ids = torch.zeros(b * seq_len, dtype=torch.int64, device=device) if bos_id is None else \
+            ids_with_offsets(b, seq_len, b + 1, bos_id, device).flatten()
+        x, y = _inputs_targets(torch.cat((ids, ids.new_zeros(1))), seq_len)
+        with _autocast(device):
+            token_losses(x, y)
 
 
 def _inputs_targets(chunk: Tensor, seq_len: int) -> tuple[Tensor, Tensor]:

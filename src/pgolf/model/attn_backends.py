@@ -22,8 +22,9 @@ result and hands it to `attend`. The baseline (sdpa, not isolated) gets None and
 Segment offsets (cu_seqlens) have a data-dependent length, which a static compiled graph cannot produce. So varlen
 and fa3 take them from outside the graph, as TOP's loader does (#1855 ``_build_cu_seqlens``): `padded_cu_seqlens`
 runs eagerly per batch (one nonzero and a host sync) and pads the offsets with the total length (empty trailing
-segments) up to a bucket, CU_BUCKET times a power of two, so a compiled graph serves every batch of a bucket
-(``GPT.attn_inputs`` calls it; the training loop primes the buckets the data can produce, `segment_buckets`).
+segments) up to one fixed length per batch shape, so one compiled graph serves every batch: the training loop takes
+that length from the data (`segment_bound`, the most segments any window can hold, rounded up to CU_BUCKET * 2^k),
+hands it to ``GPT.pad_segments`` and primes it before the clock, as TOP pads every batch to CU_BUCKET_SIZE.
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ from torch import Tensor
 
 BACKENDS = ("sdpa", "flex", "varlen", "fa3")
 SEGMENT_BACKENDS = ("varlen", "fa3")  # backends whose context is cu_seqlens
-# cu_seqlens lengths are padded to CU_BUCKET * 2^k. TOP (#1855) pads to multiples of 64; on the proxy (96 rows of
-# 1024) that range needed 16 graphs and 243 s of compile warm-up (issue 5), doubling needs a handful. An empty
-# segment only launches kernel blocks that exit at once.
+# cu_seqlens lengths are padded to CU_BUCKET * 2^k, at least to the length primed for the batch shape. One bucket
+# per length cost 16 graphs and 243 s of warm-up on the proxy, and a doubling ladder (64..512 per shape, train and
+# eval, loops off and on) ran past 9 minutes at #1855's size (issue 5); one padded length per shape needs one graph.
+# An empty segment only launches kernel blocks that exit at once.
 CU_BUCKET = 64
 
 
@@ -76,15 +78,17 @@ def cu_seqlens(input_ids: Tensor, bos_id: int) -> Tensor:
     return torch.cat((idx, total)).to(torch.int32)
 
 
-def padded_cu_seqlens(input_ids: Tensor, bos_id: int, doc_isolated: bool, bucket: int | None = None) -> Tensor:
+def padded_cu_seqlens(input_ids: Tensor, bos_id: int, doc_isolated: bool, bucket: int | None = None,
+                      size: int | None = None) -> Tensor:
     """Eager (syncs once): int32 segment offsets of the flattened (B*T) batch, one segment per row, cut at every BOS
-    when `doc_isolated`, then the total B*T repeated up to the next `bucket` * 2^k entries (empty segments)."""
+    when `doc_isolated`, then the total B*T repeated (empty segments) up to `size` entries, or to the next
+    `bucket` * 2^k when the offsets outgrow it (a new compiled graph)."""
     B, T = input_ids.shape
     if doc_isolated:
         cu = cu_seqlens(input_ids, bos_id)
     else:
         cu = torch.arange(0, B * T + 1, T, dtype=torch.int32, device=input_ids.device)
-    size = bucketed(cu.numel(), bucket or CU_BUCKET)
+    size = max(bucketed(cu.numel(), bucket or CU_BUCKET), size or 0)
     return torch.cat((cu, cu.new_full((size - cu.numel(),), B * T)))
 
 
@@ -96,31 +100,26 @@ def bucketed(n: int, bucket: int) -> int:
     return size
 
 
-def segment_buckets(tokens: Any, *, rows: int, seq_len: int, bos_id: int, doc_isolated: bool,
-                    bucket: int | None = None) -> list[int]:
-    """Every padded cu_seqlens length that a (rows, seq_len) batch cut from the 1-d token array `tokens` can have:
-    from the fewest segments (rows + 1 offsets) to the most BOS tokens any window of rows*seq_len tokens holds
-    (a window starts anywhere, so this bounds every loader), doubling from `bucket`. What the loop primes."""
+def segment_bound(tokens: Any, *, rows: int, seq_len: int, bos_id: int, doc_isolated: bool,
+                  bucket: int | None = None) -> int:
+    """One padded cu_seqlens length that fits every (rows, seq_len) batch cut from the 1-d token array `tokens`:
+    rows + 1 offsets plus the most BOS tokens any window of rows*seq_len tokens holds (a window starts anywhere, so
+    this bounds every loader), rounded up to `bucket` * 2^k. What the loop pads to and primes."""
     import numpy as np
 
-    bucket = bucket or CU_BUCKET
-    lo = rows + 1
-    hi = lo
+    hi = rows + 1
     if doc_isolated:
         window = rows * seq_len
         bos = np.flatnonzero(np.asarray(tokens) == bos_id)
         if bos.size:
             hi += int((np.searchsorted(bos, bos + window, side="left") - np.arange(bos.size)).max())
-    sizes = [bucketed(lo, bucket)]
-    while sizes[-1] < hi:
-        sizes.append(sizes[-1] * 2)
-    return sizes
+    return bucketed(hi, bucket or CU_BUCKET)
 
 
 def ids_with_offsets(rows: int, seq_len: int, offsets: int, bos_id: int, device: torch.device | str = "cpu") -> Tensor:
     """(rows, seq_len) token ids, BOS where needed and a filler id elsewhere, whose doc-isolated cu_seqlens has
-    exactly `offsets` entries (rows + BOS tokens off the row starts + 1): a priming input that builds the compiled
-    graph of that cu_seqlens bucket before the clock starts (the graph depends on its length, not its values)."""
+    exactly `offsets` entries (rows + BOS tokens off the row starts + 1): a priming input with real segments for the
+    compiled graph of a padded cu_seqlens length (the graph depends on that length, not on the values)."""
     slots = rows * (seq_len - 1)  # positions that are not a row start
     extra = offsets - 1 - rows
     if not 0 <= extra <= slots:

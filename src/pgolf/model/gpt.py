@@ -47,6 +47,7 @@ class GPT(nn.Module):
         smear_cls = {"v1": SmearGateV1, "bos_fixed": SmearGateBOS}.get(cfg.smear_gate)
         self.smear = smear_cls(cfg) if smear_cls else None
         self.bigram = BigramHash(cfg) if cfg.bigram_buckets else None
+        self.segment_sizes: dict[tuple[int, int], int] = {}  # (B, T) -> padded cu_seqlens length, see pad_segments
         self.looping = self.order.has_loops  # a fresh model is in its end-of-training state (progress 1.0)
         self.reset_parameters()
 
@@ -96,12 +97,18 @@ class GPT(nn.Module):
         """Whether attention reads cu_seqlens (varlen; fa3 when doc-isolated), which `attn_inputs` supplies."""
         return needs_cu_seqlens(self.cfg)
 
+    def pad_segments(self, shape: tuple[int, int], size: int) -> None:
+        """Pad the cu_seqlens of every (B, T) = `shape` batch to `size` entries (attn_backends.segment_bound), so
+        one compiled graph serves them all; the training loop sets it per batch shape and primes that graph."""
+        self.segment_sizes[tuple(shape)] = size
+
     def attn_inputs(self, input_ids: Tensor) -> dict[str, Tensor]:
         """Extra forward arguments computed outside a compiled graph: {"cu_seqlens": ...} for the segment backends
         (attn_backends.padded_cu_seqlens), else {}. Call as ``net(x, y, **model.attn_inputs(x))``."""
         if not self.uses_segments:
             return {}
-        return {"cu_seqlens": padded_cu_seqlens(input_ids, self.cfg.bos_id, self.cfg.doc_isolated)}
+        size = self.segment_sizes.get(tuple(input_ids.shape))
+        return {"cu_seqlens": padded_cu_seqlens(input_ids, self.cfg.bos_id, self.cfg.doc_isolated, size=size)}
 
     def hidden(self, input_ids: Tensor, cu_seqlens: Tensor | None = None) -> Tensor:
         """Final-normed hidden states (B, T, D). cu_seqlens: see `attn_inputs`."""

@@ -29,7 +29,7 @@ from pgolf.data.dataset import Dataset
 from pgolf.data.shards import read_shard
 from pgolf.eval.bpb import ByteLUT
 from pgolf.eval.flat import evaluate_flat, flat_batch_shapes, prime_shapes
-from pgolf.model.attn_backends import ids_with_offsets, segment_buckets
+from pgolf.model.attn_backends import ids_with_offsets, segment_bound
 from pgolf.model.gpt import GPT, cast_for_training
 from pgolf.data.loaders_common import build_loader
 from pgolf.optim.builder import build_optimizers, muon_momentum_at, wd_mul
@@ -80,29 +80,32 @@ def segmented(token_losses, model: GPT):
     return scorer
 
 
-def segment_offsets(model: GPT, data: Dataset, tc, eval_shapes: list[tuple[int, int]]):
-    """cu_seqlens lengths to prime (attn_backends.segment_buckets): for training, every bucket a micro-batch cut
-    from the first train shard can reach; for evaluation, per eval shape, from the validation stream. Empty for
-    the backends without segments."""
+def fix_segment_sizes(model: GPT, data: Dataset, tc, eval_shapes: list[tuple[int, int]]) -> dict:
+    """Pad every batch shape's cu_seqlens to one length (attn_backends.segment_bound): for training, the bound over
+    the first train shard; for evaluation, per eval shape, over the validation stream. Sets it on the model
+    (GPT.pad_segments) and returns {(B, T): length} to prime; empty for the backends without segments."""
     if not model.uses_segments:
-        return [], {}
+        return {}
     kw = dict(bos_id=model.cfg.bos_id, doc_isolated=model.cfg.doc_isolated)
-    train = segment_buckets(read_shard(data.train_files[0]), rows=tc.micro_batch_tokens // tc.seq_len,
-                            seq_len=tc.seq_len, **kw)
-    evals = {(b, L): segment_buckets(data.val_tokens, rows=b, seq_len=L, **kw) for b, L in eval_shapes}
-    return train, evals
+    rows = tc.micro_batch_tokens // tc.seq_len
+    sizes = {(rows, tc.seq_len): segment_bound(read_shard(data.train_files[0]), rows=rows, seq_len=tc.seq_len, **kw)}
+    for b, L in eval_shapes:
+        sizes.setdefault((b, L), segment_bound(data.val_tokens, rows=b, seq_len=L, **kw))
+    for shape, size in sizes.items():
+        model.pad_segments(shape, size)
+    return sizes
 
 
-def prime_train_offsets(net: nn.Module, model: GPT, offsets: list[int], rows: int, seq_len: int,
-                        device: torch.device) -> None:
-    """One forward + backward per cu_seqlens length on a synthetic batch (attn_backends.ids_with_offsets), so each
-    bucket's training graph is compiled before the clock; the caller zeroes the gradients."""
-    for n in offsets:
-        x = ids_with_offsets(rows, seq_len, n, model.cfg.bos_id, device)
-        y = x.clone()  # laid out as the loaders' batches (two tensors, offset 0): aliased inputs get other guards
-        with autocast_ctx(device):
-            loss = net(x, y, **model.attn_inputs(x))
-        loss.backward()
+def prime_train_segments(net: nn.Module, model: GPT, rows: int, seq_len: int, device: torch.device) -> None:
+    """One forward + backward on a synthetic batch with as many segments as the padded cu_seqlens length holds
+    (attn_backends.ids_with_offsets), so its training graph is compiled before the clock; the caller zeroes the
+    gradients."""
+    size = model.segment_sizes[(rows, seq_len)]
+    x = ids_with_offsets(rows, seq_len, min(size, rows * seq_len + 1), model.cfg.bos_id, device)
+    y = x.clone()  # laid out as the loaders' batches (two tensors, offset 0): aliased inputs get other guards
+    with autocast_ctx(device):
+        loss = net(x, y, **model.attn_inputs(x))
+    loss.backward()
 
 
 def autocast_ctx(device: torch.device):
@@ -180,15 +183,17 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
                                 if tc.val_every > 0 else [])})
         # Prime every graph the run will use: one pass per progress milestone (e.g. depth recurrence switching
         # on at 35% of training is a second graph), so no recompilation lands on the clock.
-        train_offsets, eval_offsets = segment_offsets(model, data, tc, eval_shapes)
+        segment_sizes = fix_segment_sizes(model, data, tc, eval_shapes)
         for at in (0.0, *model.progress_milestones()):
             for i in range(tc.warmup_steps):
                 one_step(i, 0.0, priming=True, at=at)
-            if tc.compile:  # and the eval graph in that state, at every batch shape the evaluations will use
-                prime_train_offsets(net, model, train_offsets, tc.micro_batch_tokens // tc.seq_len, tc.seq_len,
-                                    rt.device)
+            if tc.compile and segment_sizes:  # the loader's batches may not have reached the padded length
+                prime_train_segments(net, model, tc.micro_batch_tokens // tc.seq_len, tc.seq_len, rt.device)
                 opt.zero_grad(set_to_none=True)
-                prime_shapes(eval_losses, eval_shapes, rt.device, eval_offsets, cfg.model.bos_id)
+            if tc.compile and tc.prime_eval:  # and the eval graph in that state, at every eval batch shape
+                prime_shapes(eval_losses, eval_shapes, rt.device, cfg.model.bos_id if segment_sizes else None)
+            log(f"warmup: progress state {at:g} primed at {time.perf_counter() - t_warm:.1f}s"
+                + (f" (cu_seqlens padded to {segment_sizes})" if segment_sizes else ""))
         model.load_state_dict(init_model)
         opt.load_state_dict(init_opt)
         loader.load_state_dict(init_loader)
