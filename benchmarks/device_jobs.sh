@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/device_jobs.sh gputests parity:250 ab:base,mlp3
 #
-# gputests            pytest -m gpu on the model/attention tests
+# gputests            pytest -m gpu on the model/attention tests and tests/test_gpu.py
 # pytest:<node id>    one test, synchronous CUDA launches (tracebacks point at the failing kernel)
 # diag[:<cases>]      benchmarks/diag_doc_isolated.py: which attention setting faults under inductor
 # parity:<N>          pgolf baseline vs the official train_gpt.py, both capped at N iterations (same LR schedule)
@@ -21,7 +21,7 @@ for job in "$@"; do
   echo "=== job $n: $job ($(date +%T))"
   case "$job" in
     gputests)
-      python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_attention.py tests/test_model_techniques.py \
+      python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_attention.py tests/test_model_techniques.py tests/test_gpu.py \
         > "$OUT/gputests.log" 2>&1; tail -4 "$OUT/gputests.log" ;;
     pytest:*)
       CUDA_LAUNCH_BLOCKING=1 python3 -m pytest -q -x -m gpu -p no:cacheprovider -p no:logging "${job#pytest:}" 2>&1 \

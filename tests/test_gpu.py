@@ -60,3 +60,26 @@ def test_primed_eval_graph_does_not_recompile_during_evaluation():
     with torch._dynamo.config.patch(error_on_recompile=True):
         r = evaluate_flat(fn, val, lut, seq_len=256, batch_tokens=16_384, device=dev)
     assert r.tokens == 70_000 - 70_000 % 256
+
+
+@needs_cuda
+def test_training_micro_batch_builds_cu_seqlens_without_a_device_sync(byte_dataset, tmp_path):
+    # the loop used to find BOS tokens on the GPU (a nonzero: one host sync per micro-batch, 8 per #1855 step)
+    from pgolf.data.dataset import Dataset
+    from pgolf.data.loaders_common import build_loader
+    from pgolf.model.attn_backends import padded_cu_seqlens
+    from pgolf.train.loop import next_micro_batch
+
+    cfg = tiny_run_config(byte_dataset, tmp_path / "runs", device="cuda", loader="docpack")
+    mcfg = dataclasses.replace(cfg.model, attn_backend="varlen", doc_isolated=True)
+    model = GPT(mcfg)
+    model.pad_segments((cfg.train.micro_batch_tokens // cfg.train.seq_len, cfg.train.seq_len), 64)
+    loader = build_loader(cfg.train, Dataset.open(cfg.data, mcfg.vocab_size))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        x, y, extra = next_micro_batch(loader, model, cfg.train, torch.device("cuda"))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert x.is_cuda and y.is_cuda and extra["cu_seqlens"].is_cuda
+    torch.testing.assert_close(extra["cu_seqlens"], padded_cu_seqlens(x, mcfg.bos_id, True, size=64))

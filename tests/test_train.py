@@ -171,3 +171,22 @@ def test_varlen_run_matches_sdpa_doc_isolated_and_every_batch_uses_its_primed_gr
                              doc_isolated=True)
     assert ("train", (rows, base.train.seq_len), bound) in primed
     assert {layout for ph, kind, _, layout, _, m in calls if kind == "train"} == {(False, 0, 0)}  # as the loaders
+
+
+def test_training_micro_batches_carry_cu_seqlens_built_on_the_host(byte_dataset, tmp_path, monkeypatch):
+    from pgolf.data.dataset import Dataset
+    from pgolf.data.loaders_common import build_loader
+    from pgolf.model.gpt import GPT
+
+    cfg = tiny_run_config(byte_dataset, tmp_path / "runs", loader="docpack")
+    model = GPT(dataclasses.replace(cfg.model, attn_backend="varlen", doc_isolated=True))
+    moved = []
+    monkeypatch.setattr(loop, "host_to_device", lambda *t, device: moved.append(t) or t)
+    data = Dataset.open(cfg.data, cfg.model.vocab_size)
+    x, y, extra = loop.next_micro_batch(build_loader(cfg.train, data), model, cfg.train, torch.device("cpu"))
+    x0, y0 = build_loader(cfg.train, data).next_batch(cfg.train.micro_batch_tokens, cfg.train.seq_len)
+    assert torch.equal(x, x0) and torch.equal(y, y0)
+    assert torch.equal(extra["cu_seqlens"], model.attn_inputs(x0)["cu_seqlens"])
+    assert len(moved) == 1 and moved[0][2] is extra["cu_seqlens"]  # copied with the batch, in one call
+    sdpa = GPT(cfg.model)
+    assert loop.next_micro_batch(build_loader(cfg.train, data), sdpa, cfg.train, torch.device("cpu"))[2] == {}

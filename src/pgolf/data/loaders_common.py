@@ -69,14 +69,20 @@ def check_batch_args(micro_tokens: int, seq_len: int) -> None:
 
 def to_device(x: np.ndarray, y: np.ndarray, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """int64 numpy (B, T) pair -> torch on `device` (pinned, non-blocking copy on CUDA)."""
+    tx = torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64))
+    ty = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
+    return host_to_device(tx, ty, device=device)
+
+
+def host_to_device(*tensors: torch.Tensor, device: str | torch.device) -> tuple[torch.Tensor, ...]:
+    """Host tensors -> `device`: unchanged on CPU; on CUDA through pinned memory with non-blocking copies, so the
+    host never waits for the device (the caching host allocator keeps each pinned buffer until its copy is done)."""
     device = torch.device(device)
-    tx, ty = torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64)), torch.from_numpy(
-        np.ascontiguousarray(y, dtype=np.int64))
     if device.type == "cpu":
-        return tx, ty
+        return tensors
     if device.type == "cuda":
-        tx, ty = tx.pin_memory(), ty.pin_memory()
-    return tx.to(device, non_blocking=True), ty.to(device, non_blocking=True)
+        tensors = tuple(t.pin_memory() for t in tensors)
+    return tuple(t.to(device, non_blocking=True) for t in tensors)
 
 
 def build_loader(tc, data, *, rank: int = 0, world_size: int = 1):

@@ -104,7 +104,9 @@ class GPT(nn.Module):
 
     def attn_inputs(self, input_ids: Tensor) -> dict[str, Tensor]:
         """Extra forward arguments computed outside a compiled graph: {"cu_seqlens": ...} for the segment backends
-        (attn_backends.padded_cu_seqlens), else {}. Call as ``net(x, y, **model.attn_inputs(x))``."""
+        (attn_backends.padded_cu_seqlens), else {}, on the device of `input_ids`. Call as
+        ``net(x, y, **model.attn_inputs(x))``. The training loop calls it on the host batch and copies the result
+        with the batch, so the host never waits for the GPU (#1855 builds cu_seqlens in its loader)."""
         if not self.uses_segments:
             return {}
         size = self.segment_sizes.get(tuple(input_ids.shape))

@@ -31,7 +31,7 @@ from pgolf.eval.bpb import ByteLUT
 from pgolf.eval.flat import evaluate_flat, flat_batch_shapes, prime_shapes
 from pgolf.model.attn_backends import ids_with_offsets, segment_bound
 from pgolf.model.gpt import GPT, cast_for_training
-from pgolf.data.loaders_common import build_loader
+from pgolf.data.loaders_common import build_loader, host_to_device
 from pgolf.optim.builder import build_optimizers, muon_momentum_at, wd_mul
 from pgolf.quant.calib import train_config_with_reserve
 from pgolf.report.runlog import RunLog, fmt_eta, fmt_rate
@@ -108,6 +108,16 @@ def prime_train_segments(net: nn.Module, model: GPT, rows: int, seq_len: int, de
     loss.backward()
 
 
+def next_micro_batch(loader, model: GPT, tc, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(x, y, forward kwargs) on `device`. The extra inputs (cu_seqlens, GPT.attn_inputs) are built from the host
+    batch and copied with it, so the host never waits for the GPU and keeps queueing kernels (#1855 builds
+    cu_seqlens in its loader; from CUDA ids, finding the BOS tokens would sync once per micro-batch)."""
+    x, y = loader.next_batch(tc.micro_batch_tokens, tc.seq_len, "cpu")
+    extra = model.attn_inputs(x)
+    x, y, *moved = host_to_device(x, y, *extra.values(), device=device)
+    return x, y, dict(zip(extra, moved))
+
+
 def autocast_ctx(device: torch.device):
     if device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
@@ -146,7 +156,7 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
         for micro in range(accum):
             if rt.distributed:
                 net.require_backward_grad_sync = micro == accum - 1
-            yield loader.next_batch(tc.micro_batch_tokens, tc.seq_len, rt.device)
+            yield next_micro_batch(loader, model, tc, rt.device)
 
     def one_step(step: int, elapsed: float, priming: bool = False, at: float | None = None) -> torch.Tensor:
         frac, mul = progress(step, elapsed, tc), lr_mul(step, elapsed, tc)
@@ -155,9 +165,9 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
             log(f"late_qat:enabled step:{step} bits:{qat.bits} lr_mul:{mul:.4f}")
         opt.zero_grad(set_to_none=True)
         total = torch.zeros((), device=rt.device)
-        for x, y in micro_batches():
+        for x, y, extra in micro_batches():
             with autocast_ctx(rt.device):
-                loss = net(x, y, **model.attn_inputs(x))
+                loss = net(x, y, **extra)
             total += loss.detach()
             (loss / accum).backward()
         opt.set_muon_momentum(muon_momentum_at(step, cfg.optim, frac))
