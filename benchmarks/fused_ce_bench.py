@@ -20,19 +20,19 @@ the same in every variant, so differences between variants are the loss's.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pgolf.fileio import atomic_write_json
 from pgolf.model import fused_ce
 from pgolf.model.fused_ce import softcapped_cross_entropy
+from step_timer import time_steps
 
 VARIANTS = ("eager", "compiled", "fused", "fused_compiled")
 SWEEP = [(block, warps) for block in (512, 1024, 2048, 4096) for warps in (4, 8)]
@@ -53,39 +53,16 @@ def make_fn(variant: str):
     return torch.compile(fn, fullgraph=True, dynamic=False) if variant.endswith("compiled") else fn
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_steps(fn, h, w, y, cap, warmup: int, iters: int) -> dict:
-    """Warm up (compiles happen here), then time `iters` single steps; peak memory of the last step."""
-    device = h.device
-    for _ in range(warmup):
-        w.grad = None
-        fn(h, w, y, cap).backward()
-    sync(device)
-    times, loss = [], None
-    for _ in range(iters):
-        w.grad = None
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-        t0 = time.perf_counter()
+def time_head(fn, h, w, y, cap, warmup: int, iters: int) -> dict:
+    """One step = loss of the head, backward; the loss value is kept to check that the variants agree."""
+    def step():
         out = fn(h, w, y, cap)
         out.backward()
-        if device.type == "cuda":
-            end.record()
-            torch.cuda.synchronize(device)
-            times.append(start.elapsed_time(end))
-        else:
-            times.append(1e3 * (time.perf_counter() - t0))
-        loss = out.item()
-    peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20 if device.type == "cuda" else None
-    return {"ms_median": statistics.median(times), "ms_mean": statistics.fmean(times),
-            "peak_mib": None if peak is None else round(peak, 1), "loss": loss}
+        return out.item()
+
+    r = time_steps(step, h.device, warmup, iters, reset=lambda: setattr(w, "grad", None))
+    r["loss"] = r.pop("last")
+    return r
 
 
 def inputs(rows: int, vocab: int, dim: int, dtype: torch.dtype, device: torch.device, seed: int = 0):
@@ -105,7 +82,7 @@ def run(args) -> dict:
         for variant in args.variants:
             torch._dynamo.reset()
             try:
-                r = time_steps(make_fn(variant), h, w, y, args.cap, args.warmup, args.iters)
+                r = time_head(make_fn(variant), h, w, y, args.cap, args.warmup, args.iters)
             except Exception as e:  # noqa: BLE001 (a variant that cannot run here is reported, not fatal)
                 r = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
             results.append({"vocab": vocab, "variant": variant, **r})
@@ -116,7 +93,7 @@ def run(args) -> dict:
             saved = dict(fused_ce.KERNEL)
             for block, warps in SWEEP:
                 fused_ce.KERNEL.update(block=block, num_warps=warps)
-                r = time_steps(fused_head, h, w, y, args.cap, args.warmup, args.iters)
+                r = time_head(fused_head, h, w, y, args.cap, args.warmup, args.iters)
                 sweep.append({"vocab": vocab, "block": block, "num_warps": warps, **r})
                 print(f"V={vocab:6d} sweep block={block:5d} warps={warps:2d} {r['ms_median']:9.3f} ms", flush=True)
             fused_ce.KERNEL.update(saved)

@@ -95,6 +95,7 @@ class ModelConfig:
     init: str = "default"  # default (PyTorch) | orthogonal (#102 lineage; TOP)
     embed_init: str = "normal"  # normal | overtone (2026-03-19 Overtone record)
     fused_ce: bool = False  # training loss: softcap + CE in one Triton kernel, eval unchanged (PR #1787; TOP #1855)
+    fused_mlp: bool = False  # (leaky) relu² in the epilogue of the MLP's GEMMs, one Triton kernel each way (TOP #1855)
 
     def __post_init__(self) -> None:
         if self.model_dim % self.num_heads:
@@ -152,6 +153,8 @@ class ModelConfig:
         if self.mlp_mult <= 0 or self.mlp_hidden < 1:
             raise ValueError(f"model.mlp_mult must be positive, got {self.mlp_mult}")
         _check_choice("model.mlp_act", self.mlp_act, ("relu2", "leaky_relu2", "swiglu"))
+        if self.fused_mlp and self.mlp_act == "swiglu":
+            raise ValueError("model.fused_mlp=True fuses relu2 / leaky_relu2; model.mlp_act='swiglu' has no fused kernel")
         if not 0.0 <= self.mlp_leaky_slope < 1.0:
             raise ValueError(f"model.mlp_leaky_slope must be in [0, 1), got {self.mlp_leaky_slope}")
         if self.num_loops < 0:

@@ -18,5 +18,10 @@ class CastedLinear(nn.Linear):
         super().__init__(in_features, out_features, bias=False)
         self.zero_init = zero_init
 
+    def effective_weight(self) -> Tensor:
+        """The weight the forward multiplies by (fp32): ``weight`` here, fake-quantized in QAT's subclass. Kernels
+        that take the weight directly (fused MLP) use this."""
+        return self.weight
+
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight.to(x.dtype))
+        return F.linear(x, self.effective_weight().to(x.dtype))

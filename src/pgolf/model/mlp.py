@@ -8,7 +8,8 @@ SwiGLU has three matrices, so its hidden width is 2/3 of the relu² width (round
 ``3 d h' ~= 2 d h``, the same parameter count as a relu² MLP of the same ``mlp_mult``. W_g and W_u are stored
 fused as one ``fc`` matrix of shape (2h', d) (gate rows first), so the parameter names stay ``mlp.fc`` and
 ``mlp.proj`` and the policy's ``blocks.`` 2-D rule sends both to Muon (which then orthogonalizes the fused
-matrix as one). ``proj`` starts at zero, so the block is the identity at init.
+matrix as one). ``proj`` starts at zero, so the block is the identity at init. ``model.fused_mlp`` runs relu² /
+leaky relu² through `fused_mlp.fused_mlp` (same parameters, same math, the activation inside the GEMM kernels).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pgolf.config import ModelConfig
+from pgolf.model.fused_mlp import fused_mlp
 from pgolf.model.layers import CastedLinear
 
 
@@ -31,12 +33,15 @@ def mlp_hidden_dim(cfg: ModelConfig) -> int:
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
-        self.act, self.slope = cfg.mlp_act, cfg.mlp_leaky_slope
+        self.act, self.slope, self.fused = cfg.mlp_act, cfg.mlp_leaky_slope, cfg.fused_mlp
         hidden = mlp_hidden_dim(cfg)
         self.fc = CastedLinear(cfg.model_dim, 2 * hidden if self.act == "swiglu" else hidden)
         self.proj = CastedLinear(hidden, cfg.model_dim, zero_init=True)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.fused:  # one kernel per direction carries the activation (fused_mlp.py); relu² is slope 0
+            slope = self.slope if self.act == "leaky_relu2" else 0.0
+            return fused_mlp(x, self.fc.effective_weight(), self.proj.effective_weight(), slope)
         h = self.fc(x)
         if self.act == "relu2":
             h = torch.relu(h).square()

@@ -14,8 +14,8 @@ specialised on its value at trace time (False), so the switch never reached the 
 README). Here ``flag`` is a float32 buffer (0. or 1.) that the forward multiplies in: the compiled graph takes
 it as an input, and flipping it in place changes the compiled forward with no recompile. `attach` swaps the
 modules' class to `QATLinear` (a CastedLinear subclass: names, parameters and state dict unchanged; the
-flag buffer is non-persistent) and must run before ``torch.compile``. Kernel paths that read
-``module.weight`` directly (fused MLP) should use `qat_weight(module)`.
+flag buffer is non-persistent) and must run before ``torch.compile``. Kernel paths that take the weight
+directly (the fused MLP) read ``module.effective_weight()``, so QAT reaches them too.
 
 `LateQAT` turns the flag on the first time ``lr_mul < qat_start_lr_mul`` and keeps it on (set the threshold
 above 1 for QAT from step 0); its small state goes into checkpoints.
@@ -52,15 +52,8 @@ class QATLinear(CastedLinear):
     qat_bits: int
     qat_flag: Tensor
 
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.nn.functional.linear(x, qat_weight(self).to(x.dtype))
-
-
-def qat_weight(module: nn.Module) -> Tensor:
-    """The weight a forward should use: fake-quantized while QAT is on, else ``module.weight``."""
-    if isinstance(module, QATLinear):
-        return ste(module.weight, module.qat_bits, module.qat_flag)
-    return module.weight
+    def effective_weight(self) -> Tensor:
+        return ste(self.weight, self.qat_bits, self.qat_flag)
 
 
 def qat_modules(model: nn.Module, prefix: str = "blocks.") -> list[tuple[str, CastedLinear]]:

@@ -1,0 +1,118 @@
+"""Micro-benchmark of the (leaky) relu² MLP, forward + backward (issue 5): the fused kernel against inductor.
+
+    python3 benchmarks/fused_mlp_bench.py --out $OUT/fused_mlp_bench.json          # GPU: 98,304 x 512 -> 2048 -> 512
+    python3 benchmarks/fused_mlp_bench.py --device cpu --rows 256 --out /tmp/m.json   # logic check on CPU
+
+One step = ``out = MLP(x); out.backward(g)`` with x (N, D) requiring grad and both weights requiring grad, in bf16
+(#1855's MLP at one micro-batch: N = 48 x 2048, D = 512, hidden 4 x 512, leaky slope 0.5). Variants:
+
+    compiled        torch.compile(fullgraph=True) of F.linear -> leaky_relu -> square -> F.linear (the unfused model)
+    fused           fused_mlp (model/fused_mlp.py): the Triton GEMM+activation kernels on CUDA, torch math on CPU
+    fused_compiled  torch.compile(fullgraph=True) of fused_mlp (the way the training loop runs it)
+
+Reported per variant: median and mean ms per step, TFLOP/s (six GEMMs of 2 N D H FLOPs: two forward, four
+backward), peak memory above what was allocated before the step (GPU), and the largest
+output difference from the compiled variant relative to its largest output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from pgolf.fileio import atomic_write_json
+from pgolf.model import fused_mlp as fm
+from step_timer import time_steps
+
+VARIANTS = ("compiled", "fused", "fused_compiled")
+
+
+def unfused(x, w_fc, w_proj, slope: float):
+    return F.linear(F.leaky_relu(F.linear(x, w_fc), slope).square(), w_proj)
+
+
+def make_fn(variant: str):
+    fn = unfused if variant == "compiled" else fm.fused_mlp
+    return torch.compile(fn, fullgraph=True, dynamic=False) if variant.endswith("compiled") else fn
+
+
+def run(args) -> dict:
+    device = torch.device(args.device)
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    gen = torch.Generator(device=device).manual_seed(0)
+    hidden = args.mult * args.dim
+    x = torch.randn(args.rows, args.dim, device=device, dtype=dtype, generator=gen).requires_grad_()
+    w_fc = (torch.randn(hidden, args.dim, device=device, dtype=dtype, generator=gen) * args.dim ** -0.5).requires_grad_()
+    w_proj = (torch.randn(args.dim, hidden, device=device, dtype=dtype, generator=gen) * hidden ** -0.5
+              ).requires_grad_()
+    g = torch.randn(args.rows, args.dim, device=device, dtype=dtype, generator=gen)
+    params = (x, w_fc, w_proj)
+    flops = 6 * 2 * args.rows * args.dim * hidden  # 2 GEMMs forward, 4 backward
+    results, outputs = [], {}
+    for variant in args.variants:
+        torch._dynamo.reset()
+        fn = make_fn(variant)
+
+        def step():
+            out = fn(x, w_fc, w_proj, args.slope)
+            out.backward(g)
+            return out.detach()
+
+        def reset():
+            for p in params:
+                p.grad = None
+
+        try:
+            r = time_steps(step, device, args.warmup, args.iters, reset=reset)
+        except Exception as e:  # noqa: BLE001 (a variant that cannot run here is reported, not fatal)
+            r = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+        if "error" not in r:
+            outputs[variant] = r.pop("last")
+            r["tflops"] = round(flops / (r["ms_median"] * 1e-3) / 1e12, 1)
+        results.append({"variant": variant, **r})
+        print(f"{variant:15s} " + (f"{r['ms_median']:9.3f} ms  {r['tflops']:6.1f} TFLOP/s  peak {r['peak_mib']} MiB"
+                                   if "error" not in r else r["error"]), flush=True)
+    ref = outputs.get("compiled")
+    for r in results:
+        if ref is not None and r["variant"] in outputs:
+            r["max_rel_diff_vs_compiled"] = float((outputs[r["variant"]].float() - ref.float()).abs().max()
+                                                  / ref.float().abs().max())
+        base = next((b for b in results if b["variant"] == "compiled" and "error" not in b), None)
+        if base and "error" not in r:
+            r["speedup_vs_compiled"] = round(base["ms_median"] / r["ms_median"], 3)
+    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "torch": torch.__version__, "triton": fm.HAS_TRITON, "uses_triton": fm.uses_triton(x.detach()),
+            "rows": args.rows, "dim": args.dim, "hidden": hidden, "slope": args.slope, "dtype": args.dtype,
+            "warmup": args.warmup, "iters": args.iters, "results": results}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--rows", type=int, default=98_304, help="N = tokens per micro-batch (#1855: 48 x 2048)")
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--mult", type=int, default=4, help="hidden = mult x dim")
+    p.add_argument("--slope", type=float, default=0.5)
+    p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda but no CUDA device is visible; use --device cpu --rows 256")
+    out = run(args)
+    atomic_write_json(args.out, out)
+    print(f"wrote {args.out}")
+    return 1 if any("error" in r for r in out["results"]) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
