@@ -45,7 +45,7 @@ SUITES: dict[str, dict[str, list[str]]] = {
     },
     # issue 5: the optimizer stack, and speed switches one at a time (same model arithmetic up to kernel rounding)
     "issue5": {"base": [], "optim_stack": OPTIM_STACK, "cudnn_sdpa": ["model.sdpa_priority=cudnn"],
-               "fused_ce": ["model.fused_ce=true"], "max_autotune": ["train.compile_mode=max-autotune-no-cudagraphs"],
+               "fused_ce": ["model.fused_ce=true"], "fused_mlp": ["model.fused_mlp=true"], "max_autotune": ["train.compile_mode=max-autotune-no-cudagraphs"],
                # document isolation (issue 4) through each kernel that can do it without a dense mask
                "doc_flex": ["model.doc_isolated=true", "model.attn_backend=flex"],
                "doc_varlen": ["model.doc_isolated=true", "model.attn_backend=varlen"]},

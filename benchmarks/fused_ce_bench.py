@@ -29,10 +29,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pgolf.fileio import atomic_write_json
 from pgolf.model import fused_ce
 from pgolf.model.fused_ce import softcapped_cross_entropy
-from step_timer import time_steps
+from step_timer import bench_cli, time_steps
 
 VARIANTS = ("eager", "compiled", "fused", "fused_compiled")
 SWEEP = [(block, warps) for block in (512, 1024, 2048, 4096) for warps in (4, 8)]
@@ -113,24 +112,12 @@ def run(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--rows", type=int, default=98_304, help="N = tokens per micro-batch (proxy: 48 x 2048)")
     p.add_argument("--vocab", type=int, nargs="+", default=[1024, 8192])
     p.add_argument("--dim", type=int, default=512)
-    p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
     p.add_argument("--cap", type=float, default=30.0)
-    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--iters", type=int, default=20)
     p.add_argument("--sweep", action="store_true", help="also time the Triton kernels at each (block, warps)")
-    p.add_argument("--out", type=Path, required=True)
-    args = p.parse_args(argv)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        p.error("--device cuda but no CUDA device is visible; use --device cpu --rows 256")
-    out = run(args)
-    atomic_write_json(args.out, out)
-    print(f"wrote {args.out}")
-    return 1 if any("error" in r for r in out["results"]) else 0
+    return bench_cli(p, argv, run, VARIANTS)
 
 
 if __name__ == "__main__":

@@ -27,9 +27,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pgolf.fileio import atomic_write_json
 from pgolf.model import fused_mlp as fm
-from step_timer import time_steps
+from step_timer import bench_cli, time_steps
 
 VARIANTS = ("compiled", "fused", "fused_compiled")
 
@@ -95,23 +94,11 @@ def run(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--rows", type=int, default=98_304, help="N = tokens per micro-batch (#1855: 48 x 2048)")
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--mult", type=int, default=4, help="hidden = mult x dim")
     p.add_argument("--slope", type=float, default=0.5)
-    p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
-    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--iters", type=int, default=20)
-    p.add_argument("--out", type=Path, required=True)
-    args = p.parse_args(argv)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        p.error("--device cuda but no CUDA device is visible; use --device cpu --rows 256")
-    out = run(args)
-    atomic_write_json(args.out, out)
-    print(f"wrote {args.out}")
-    return 1 if any("error" in r for r in out["results"]) else 0
+    return bench_cli(p, argv, run, VARIANTS)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Timing of one forward + backward step for the kernel micro-benchmarks (fused_ce_bench.py, fused_mlp_bench.py).
+"""Timing of one forward + backward step for the kernel micro-benchmarks (fused_ce_bench.py, fused_mlp_bench.py),
+and their shared command line.
 
     from step_timer import time_steps
     r = time_steps(lambda: loss_fn().backward(), device, warmup=3, iters=20, reset=lambda: setattr(w, "grad", None))
@@ -8,11 +9,37 @@ CUDA events on GPU (host clock on CPU); peak memory of the last step above what 
 
 from __future__ import annotations
 
+import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from pgolf.fileio import atomic_write_json  # noqa: E402
+
+
+def bench_cli(p: argparse.ArgumentParser, argv: list[str] | None, run: Callable[[argparse.Namespace], dict],
+              variants: tuple[str, ...]) -> int:
+    """Adds --device/--dtype/--variants/--warmup/--iters/--out to `p`, parses, runs `run(args)`, writes its JSON
+    atomically; exit status 1 when a variant reported an error."""
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
+    p.add_argument("--variants", nargs="+", choices=variants, default=list(variants))
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda but no CUDA device is visible; use --device cpu --rows 256")
+    out = run(args)
+    atomic_write_json(args.out, out)
+    print(f"wrote {args.out}")
+    return 1 if any("error" in r for r in out["results"]) else 0
 
 
 def sync(device: torch.device) -> None:

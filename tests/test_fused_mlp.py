@@ -207,3 +207,19 @@ def test_triton_kernel_in_the_interpreter(tmp_path):
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     r = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_bench_writes_json_on_cpu(tmp_path):
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import fused_mlp_bench
+
+    out = tmp_path / "bench.json"
+    rc = fused_mlp_bench.main(["--device", "cpu", "--dtype", "fp32", "--rows", "64", "--dim", "64", "--warmup", "1",
+                               "--iters", "2", "--variants", "fused", "--out", str(out)])
+    r = json.loads(out.read_text())
+    assert rc == 0 and r["hidden"] == 256 and r["uses_triton"] is False
+    assert [v["variant"] for v in r["results"]] == ["fused"] and r["results"][0]["ms_median"] > 0
