@@ -21,10 +21,11 @@ result and hands it to `attend`. The baseline (sdpa, not isolated) gets None and
 
 Segment offsets (cu_seqlens) have a data-dependent length, which a static compiled graph cannot produce. So varlen
 and fa3 take them from outside the graph, as TOP's loader does (#1855 ``_build_cu_seqlens``): `padded_cu_seqlens`
-runs eagerly per batch (in training on the host batch, before its copy to the GPU: no sync) and pads the offsets with the total length (empty trailing
-segments) up to one fixed length per batch shape, so one compiled graph serves every batch: the training loop takes
-that length from the data (`segment_bound`, the most segments any window can hold, rounded up to CU_BUCKET * 2^k),
-hands it to ``GPT.pad_segments`` and primes it before the clock, as TOP pads every batch to CU_BUCKET_SIZE.
+runs eagerly per batch (in training on the host batch, before its copy to the GPU: no sync) and pads the offsets
+with the total length (empty trailing segments) up to one fixed length per batch shape, so one compiled graph
+serves every batch: the training loop takes that length from the data (`segment_bound`, the most segments any
+window can hold, rounded up to CU_BUCKET * 2^k), hands it to ``GPT.pad_segments`` and primes it before the clock,
+as TOP pads every batch to CU_BUCKET_SIZE.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def cu_seqlens(input_ids: Tensor, bos_id: int) -> Tensor:
 
 def padded_cu_seqlens(input_ids: Tensor, bos_id: int, doc_isolated: bool, bucket: int | None = None,
                       size: int | None = None) -> Tensor:
-    """Eager (syncs once): int32 segment offsets of the flattened (B*T) batch, one segment per row, cut at every BOS
+    """Eager (on CUDA ids one host sync, on host ids none): int32 segment offsets of the flattened (B*T) batch, one segment per row, cut at every BOS
     when `doc_isolated`, then the total B*T repeated (empty segments) up to `size` entries, or to the next
     `bucket` * 2^k when the offsets outgrow it (a new compiled graph)."""
     B, T = input_ids.shape

@@ -48,7 +48,7 @@ def _act_grad(pre: Tensor, slope: float) -> Tensor:
 @torch.library.custom_op("pgolf::fused_mlp", mutates_args=())
 def _fused_mlp(x: Tensor, w_fc: Tensor, w_proj: Tensor, slope: float) -> tuple[Tensor, Tensor, Tensor]:
     """(out, pre, post); pre and post are kept for the backward and must not be used otherwise."""
-    if uses_triton(x) and w_fc.shape[1] % 64 == 0:
+    if uses_triton(x):
         from pgolf.model import fused_mlp_triton  # triton is imported only here
 
         pre, post = fused_mlp_triton.gemm_act(x.contiguous(), w_fc, slope)
@@ -67,7 +67,7 @@ def _(x: Tensor, w_fc: Tensor, w_proj: Tensor, slope: float) -> tuple[Tensor, Te
 @torch.library.custom_op("pgolf::fused_mlp_pre_grad", mutates_args=())
 def _fused_mlp_pre_grad(g_out: Tensor, w_proj: Tensor, pre: Tensor, slope: float) -> Tensor:
     """g_pre = (g_out W_proj) * act'(pre), in pre's dtype."""
-    if uses_triton(g_out) and g_out.shape[1] % 64 == 0:
+    if uses_triton(g_out):
         from pgolf.model import fused_mlp_triton
 
         return fused_mlp_triton.gemm_act(g_out.contiguous(), w_proj.t(), slope, aux=pre.contiguous())
