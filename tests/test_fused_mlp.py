@@ -223,3 +223,17 @@ def test_bench_writes_json_on_cpu(tmp_path):
     r = json.loads(out.read_text())
     assert rc == 0 and r["hidden"] == 256 and r["uses_triton"] is False
     assert [v["variant"] for v in r["results"]] == ["fused"] and r["results"][0]["ms_median"] > 0
+
+
+def test_calibration_hooks_see_the_mlp_inputs_when_fused():
+    # GPTQ / AWQ / LQER Hessians come from forward pre-hooks on mlp.fc and mlp.proj, which the fused path never calls
+    from pgolf.quant.calib import collect_hessians
+
+    batches = [torch.randint(0, 64, (2, 24), generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    plain_m, fused_m = model(mlp_act="leaky_relu2"), model(mlp_act="leaky_relu2", fused_mlp=True)
+    want = collect_hessians(plain_m, batches).hessians
+    got = collect_hessians(fused_m, batches).hessians
+    assert got.keys() == want.keys() and "blocks.1.mlp.proj.weight" in got
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], atol=1e-6, rtol=1e-5, msg=k)
+    assert all(b.mlp.fused for b in fused_m.blocks)  # switched back on afterwards

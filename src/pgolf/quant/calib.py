@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from pgolf.model.layers import CastedLinear
+from pgolf.model.mlp import unfused_mlps
 
 
 @dataclass
@@ -82,6 +83,7 @@ class HessianCollector:
         self.sums: dict[str, Tensor] = {}
         self.counts: dict[str, int] = {}
         self._handles: list[Any] = []
+        self._plain = unfused_mlps(model)  # the fused MLP never calls mlp.fc / mlp.proj, so their hooks would not fire
 
     def add(self, name: str, x: Tensor) -> None:
         x2 = x.detach().reshape(-1, x.shape[-1]).float()
@@ -93,6 +95,7 @@ class HessianCollector:
         self.counts[name] = self.counts.get(name, 0) + x2.shape[0]
 
     def __enter__(self) -> "HessianCollector":
+        self._plain.__enter__()
         for mname, mod in self.model.named_modules():
             if isinstance(mod, CastedLinear):
                 wname = f"{mname}.weight"
@@ -107,6 +110,7 @@ class HessianCollector:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        self._plain.__exit__(*exc)
 
     def stats(self) -> CalibStats:
         hs = {k: v / max(self.counts[k], 1) for k, v in self.sums.items()}
