@@ -15,6 +15,8 @@
 #   two calls instead of one (advised since pr1855 uses attn_backend=varlen: pgolf primes one training graph per
 #   cu_seqlens bucket and loop state, and one eval graph per bucket): MODE=record, then MODE=pgolf, then locally
 #          python3 benchmarks/throughput.py --merge throughput_record.json throughput_pgolf.json --out merged.json
+#   the record's run on one H100 (torch 2.11) is kept in benchmarks/results/throughput_record_h100.json: a pgolf
+#   change needs only MODE=pgolf, merged against that file
 #   time on one H100 (estimates, not measured): setup 30-60 s (wheels, proxy sp8192 encoded from the carried docs);
 #   record 200-280 s (start-up ~15 s, two compiled graphs for its one cu_seqlens bucket, loops off/on, ~60-90 s
 #   each, 2 x 5 priming steps, S s of training); pgolf 220-300 s (start-up, compiled training graphs for loops
