@@ -31,6 +31,7 @@ as TOP pads every batch to CU_BUCKET_SIZE.
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import Any
 
 import torch
@@ -81,14 +82,18 @@ def cu_seqlens(input_ids: Tensor, bos_id: int) -> Tensor:
 
 def padded_cu_seqlens(input_ids: Tensor, bos_id: int, doc_isolated: bool, bucket: int | None = None,
                       size: int | None = None) -> Tensor:
-    """Eager (on CUDA ids one host sync, on host ids none): int32 segment offsets of the flattened (B*T) batch, one segment per row, cut at every BOS
-    when `doc_isolated`, then the total B*T repeated (empty segments) up to `size` entries, or to the next
-    `bucket` * 2^k when the offsets outgrow it (a new compiled graph)."""
+    """Eager (on CUDA ids one host sync, on host ids none): int32 segment offsets of the flattened (B*T) batch,
+    one segment per row, cut at every BOS when `doc_isolated`, then the total B*T repeated (empty segments) up to
+    `size` entries, or to the next `bucket` * 2^k when the offsets outgrow it: a new compiled graph, so it warns."""
     B, T = input_ids.shape
     if doc_isolated:
         cu = cu_seqlens(input_ids, bos_id)
     else:
         cu = torch.arange(0, B * T + 1, T, dtype=torch.int32, device=input_ids.device)
+    if size and cu.numel() > size:
+        warnings.warn(f"a ({B}, {T}) batch has {cu.numel()} cu_seqlens offsets, more than the {size} primed for its "
+                      "shape (segment_bound of the first train shard): it compiles a new graph, on the clock",
+                      RuntimeWarning, stacklevel=2)
     size = max(bucketed(cu.numel(), bucket or CU_BUCKET), size or 0)
     return torch.cat((cu, cu.new_full((size - cu.numel(),), B * T)))
 
