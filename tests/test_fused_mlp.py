@@ -185,7 +185,8 @@ INTERPRETED = """
 import torch, torch.nn.functional as F
 from pgolf.model import fused_mlp_triton as k
 torch.manual_seed(0)
-for (m, d, h, slope), cfg in [((300, 64, 320, 0.5), 0), ((256, 128, 256, 0.0), 1), ((200, 64, 192, 0.3), 3)]:
+for (m, d, h, slope), cfg in [((300, 64, 320, 0.5), 0), ((256, 128, 256, 0.0), 1), ((200, 64, 192, 0.3), 3),
+                                ((300, 64, 256, 0.5), 4)]:
     x, w_fc, w_proj = torch.randn(m, d), torch.randn(h, d) / d ** 0.5, torch.randn(d, h) / h ** 0.5
     pre, post = k.gemm_act(x, w_fc, slope, config=k.CONFIGS[cfg])
     torch.testing.assert_close(pre, x @ w_fc.t(), atol=1e-4, rtol=1e-4)
