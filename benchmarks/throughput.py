@@ -12,9 +12,8 @@ the ratios pgolf / record.
 pgolf runs as ``python -m pgolf train --preset P --set train.wallclock_s=S ...`` with a cheap export (int8 + zlib,
 no GPTQ; `QUICK_EXPORT`) and one eval batch shape (fewer compiled eval graphs to prime); with
 ``--stop-after-training`` it primes no eval graph (``train.prime_eval=false``) and is stopped once its ``stopped:``
-line (steps, time, peak memory) is in train.log. The
-record runs from a patched temporary copy (record1855.py) with ``benchmarks/shims`` (a FlashAttention-3 stand-in)
-on PYTHONPATH. Both runs log every `--log-every` steps; the wall second at which each printed its first step and
+line (steps, time, peak memory) is in train.log. The record runs from a patched temporary copy (record1855.py)
+with ``benchmarks/shims`` (a FlashAttention-3 stand-in) on PYTHONPATH. Both runs log every `--log-every` steps; the wall second at which each printed its first step and
 its end of training is kept (``marks``), i.e. how long start-up and compilation took.
 """
 

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from pgolf.config import ModelConfig
 from pgolf.model.attention import CausalSelfAttention, xsa_project_out
-from pgolf.model.attn_backends import (CU_BUCKET, cu_seqlens, doc_causal_mask, doc_ids, ids_with_offsets,
+from pgolf.model.attn_backends import (CU_BUCKET, cu_seqlens, doc_causal_mask, doc_ids,
                                        padded_cu_seqlens, segment_bound)
 from pgolf.model.attn_rope import apply_partial_rotary, rope_inv_freq, rope_tables, scaled_inv_freq
 from pgolf.model.gpt import GPT, cast_for_training
@@ -374,6 +374,20 @@ def test_segment_backends_refuse_to_build_cu_seqlens_inside_a_compiled_graph(mon
     monkeypatch.setattr(ab.torch.compiler, "is_compiling", lambda: True)
     with pytest.raises(RuntimeError, match=r"needs cu_seqlens.*attn_inputs"):
         m.logits(tokens(bos_at=(0, 9)))
+
+
+def ids_with_offsets(rows: int, seq_len: int, offsets: int, bos_id: int, device: torch.device | str = "cpu") -> Tensor:
+    """(rows, seq_len) token ids, BOS where needed and a filler id elsewhere, whose doc-isolated cu_seqlens has
+    exactly `offsets` entries (rows + BOS tokens off the row starts + 1)."""
+    slots = rows * (seq_len - 1)  # positions that are not a row start
+    extra = offsets - 1 - rows
+    if not 0 <= extra <= slots:
+        raise ValueError(f"cannot build {offsets} cu_seqlens offsets from {rows} rows of {seq_len} tokens "
+                         f"(between {rows + 1} and {rows + 1 + slots})")
+    ids = torch.full((rows, seq_len), 0 if bos_id != 0 else 1, dtype=torch.int64, device=device)
+    pick = torch.arange(extra, device=device) * slots // max(extra, 1)  # spread over the batch, all distinct
+    ids[pick // (seq_len - 1), pick % (seq_len - 1) + 1] = bos_id
+    return ids
 
 
 def test_padded_cu_seqlens_buckets_and_priming_inputs():

@@ -16,7 +16,6 @@ from typing import Callable
 from torch import Tensor
 
 from pgolf.eval.bpb import BPBAccumulator, BPBResult, ByteLUT
-from pgolf.model.attn_backends import ids_with_offsets
 
 
 def usable_val_tokens(num_tokens: int, seq_len: int) -> int:
@@ -89,15 +88,13 @@ def flat_batch_shapes(num_tokens: int, *, seq_len: int, batch_tokens: int, max_t
 
 @torch.no_grad()
 def prime_shapes(token_losses: Callable[[Tensor, Tensor], Tensor], shapes: list[tuple[int, int]],
-                 device: torch.device, bos_id: int | None = None) -> None:
+                 device: torch.device, bos_id: int = 1) -> None:
     """Call `token_losses` once per shape, so a compiled (static-shape) eval graph is built for each before the
-    training clock starts rather than during the first real evaluation. On zeros, or with `bos_id` (varlen / fa3
-    backends, whose scorer pads cu_seqlens to the length fixed per shape) on a batch with one segment per row
-    (`attn_backends.ids_with_offsets`): the padding brings it to that length."""
+    training clock starts rather than during the first real evaluation. The input holds no BOS token (one segment
+    per row for the varlen / fa3 backends, whose scorer pads cu_seqlens to the length fixed per shape)."""
     for b, seq_len in shapes:
-        ids = torch.zeros(b * seq_len, dtype=torch.int64, device=device) if bos_id is None else \
-            ids_with_offsets(b, seq_len, b + 1, bos_id, device).flatten()
-        x, y = _inputs_targets(torch.cat((ids, ids.new_zeros(1))), seq_len)
+        ids = torch.full((b * seq_len + 1,), 1 if bos_id == 0 else 0, dtype=torch.int64, device=device)
+        x, y = _inputs_targets(ids, seq_len)
         with _autocast(device):
             token_losses(x, y)
 

@@ -122,21 +122,6 @@ def segment_bound(tokens: Any, *, rows: int, seq_len: int, bos_id: int, doc_isol
     return bucketed(hi, bucket or CU_BUCKET)
 
 
-def ids_with_offsets(rows: int, seq_len: int, offsets: int, bos_id: int, device: torch.device | str = "cpu") -> Tensor:
-    """(rows, seq_len) token ids, BOS where needed and a filler id elsewhere, whose doc-isolated cu_seqlens has
-    exactly `offsets` entries (rows + BOS tokens off the row starts + 1): a priming input with real segments for the
-    compiled graph of a padded cu_seqlens length (the graph depends on that length, not on the values)."""
-    slots = rows * (seq_len - 1)  # positions that are not a row start
-    extra = offsets - 1 - rows
-    if not 0 <= extra <= slots:
-        raise ValueError(f"cannot build {offsets} cu_seqlens offsets from {rows} rows of {seq_len} tokens "
-                         f"(between {rows + 1} and {rows + 1 + slots})")
-    ids = torch.full((rows, seq_len), 0 if bos_id != 0 else 1, dtype=torch.int64, device=device)
-    pick = torch.arange(extra, device=device) * slots // max(extra, 1)  # spread over the batch, all distinct
-    ids[pick // (seq_len - 1), pick % (seq_len - 1) + 1] = bos_id
-    return ids
-
-
 def flex_block_mask(input_ids: Tensor, bos_id: int, doc_isolated: bool) -> Any:
     """BlockMask for flex_attention: causal, and per document when `doc_isolated`."""
     from torch.nn.attention.flex_attention import create_block_mask

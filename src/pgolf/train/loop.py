@@ -29,7 +29,7 @@ from pgolf.data.dataset import Dataset
 from pgolf.data.shards import read_shard
 from pgolf.eval.bpb import ByteLUT
 from pgolf.eval.flat import evaluate_flat, flat_batch_shapes, prime_shapes
-from pgolf.model.attn_backends import ids_with_offsets, segment_bound
+from pgolf.model.attn_backends import segment_bound
 from pgolf.model.gpt import GPT, cast_for_training
 from pgolf.data.loaders_common import build_loader, host_to_device
 from pgolf.optim.builder import build_optimizers, muon_momentum_at, wd_mul
@@ -96,18 +96,6 @@ def fix_segment_sizes(model: GPT, data: Dataset, tc, eval_shapes: list[tuple[int
     return sizes
 
 
-def prime_train_segments(net: nn.Module, model: GPT, rows: int, seq_len: int, device: torch.device) -> None:
-    """One forward + backward on a synthetic batch with as many segments as the padded cu_seqlens length holds
-    (attn_backends.ids_with_offsets), so its training graph is compiled before the clock; the caller zeroes the
-    gradients."""
-    size = model.segment_sizes[(rows, seq_len)]
-    x = ids_with_offsets(rows, seq_len, min(size, rows * seq_len + 1), model.cfg.bos_id, device)
-    y = x.clone()  # laid out as the loaders' batches (two tensors, offset 0): aliased inputs get other guards
-    with autocast_ctx(device):
-        loss = net(x, y, **model.attn_inputs(x))
-    loss.backward()
-
-
 def next_micro_batch(loader, model: GPT, tc, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(x, y, forward kwargs) on `device`. The extra inputs (cu_seqlens, GPT.attn_inputs) are built from the host
     batch and copied with it, so the host never waits for the GPU and keeps queueing kernels (#1855 builds
@@ -146,7 +134,7 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
     if tc.compile and rt.device.type == "cuda" and cfg.model.attn_backend == "flex" and cfg.model.doc_isolated:
         log("warning: flex + doc_isolated: on an H100 with torch 2.11 the compiled evaluation graph faults "
             "(benchmarks/diag_doc_isolated.py); model.attn_backend=varlen computes the same attention")
-    if model.uses_segments:  # varlen / fa3: cu_seqlens built outside the graph, one graph per bucket
+    if model.uses_segments:  # varlen / fa3: cu_seqlens built outside the graph, one graph per batch shape
         raise_recompile_limit(64)
         eval_losses = segmented(eval_losses, model)
     log(f"model_params:{sum(p.numel() for p in model.parameters())} world_size:{rt.world_size} grad_accum:{accum} "
@@ -192,16 +180,14 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
                                                   batch_tokens=cfg.eval.batch_tokens, max_tokens=tc.val_max_tokens)
                                 if tc.val_every > 0 else [])})
         # Prime every graph the run will use: one pass per progress milestone (e.g. depth recurrence switching
-        # on at 35% of training is a second graph), so no recompilation lands on the clock.
+        # on at 35% of training is a second graph), so no recompilation lands on the clock. Varlen / fa3 batches
+        # are padded to one cu_seqlens length per shape, so the loader's own batches prime their graph.
         segment_sizes = fix_segment_sizes(model, data, tc, eval_shapes)
         for at in (0.0, *model.progress_milestones()):
             for i in range(tc.warmup_steps):
                 one_step(i, 0.0, priming=True, at=at)
-            if tc.compile and segment_sizes:  # the loader's batches may not have reached the padded length
-                prime_train_segments(net, model, tc.micro_batch_tokens // tc.seq_len, tc.seq_len, rt.device)
-                opt.zero_grad(set_to_none=True)
             if tc.compile and tc.prime_eval:  # and the eval graph in that state, at every eval batch shape
-                prime_shapes(eval_losses, eval_shapes, rt.device, cfg.model.bos_id if segment_sizes else None)
+                prime_shapes(eval_losses, eval_shapes, rt.device, cfg.model.bos_id)
             log(f"warmup: progress state {at:g} primed at {time.perf_counter() - t_warm:.1f}s"
                 + (f" (cu_seqlens padded to {segment_sizes})" if segment_sizes else ""))
         model.load_state_dict(init_model)
