@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
+from torch.autograd import DeviceType
 
 from conftest import tiny_run_config, train_cpu
-from pgolf.train.profile import PROFILE_SKIP, kind_of
+from pgolf.train.profile import PROFILE_SKIP, kind_of, summarize
 
 
 @pytest.mark.parametrize("name, kind", [
@@ -39,3 +41,23 @@ def test_run_ending_inside_the_window_reports_the_steps_it_saw(byte_dataset, tmp
 def test_off_by_default_writes_nothing(byte_dataset, tmp_path):
     train_cpu(tiny_run_config(byte_dataset, tmp_path / "runs", iterations=PROFILE_SKIP + 1), tmp_path / "run")
     assert not (tmp_path / "run" / "profile.json").exists()
+
+
+def test_cuda_report_counts_each_kernel_once():
+    """A CPU op carries its kernels' time as its own device time; only the device's records may count (the first
+    H100 profile of pr1855 had every launching op twice: 243 ms/step where the kernels took about half)."""
+    def ev(name, device, dev_us, cpu_us=5.0):
+        return SimpleNamespace(name=name, device_type=device, self_device_time_total=dev_us,
+                               self_cpu_time_total=cpu_us)
+
+    cpu, gpu = DeviceType.CPU, DeviceType.CUDA
+    events = [ev("aten::mm", cpu, 300.0), ev("nvjet_sm90_tst_256x128", gpu, 300.0),
+              ev("triton_poi_fused_add_0", cpu, 100.0), ev("triton_poi_fused_add_0", gpu, 100.0),
+              ev("aten::_flash_attention_forward", cpu, 600.0), ev("pytorch_flash::flash_fwd_kernel", gpu, 600.0),
+              ev("Command Buffer Full", gpu, 50.0), ev("triton_poi_fused_add_0", gpu, 100.0)]
+    rep = summarize(SimpleNamespace(events=lambda: events), cuda=True, steps=2)
+    assert rep["total_ms_per_step"] == pytest.approx(1.1 / 2)
+    assert {k: v["ms_per_step"] for k, v in rep["kinds"].items()} == pytest.approx(
+        {"attention": 0.3, "matmul": 0.15, "fused": 0.1})
+    assert [(r["name"], r["calls"]) for r in rep["top"]][-1] == ("triton_poi_fused_add_0", 2)
+    assert summarize(SimpleNamespace(events=lambda: events), cuda=False, steps=1)["total_ms_per_step"] == 0.04

@@ -121,6 +121,21 @@ def test_compile_mode_reaches_the_training_graph_and_is_validated(byte_dataset, 
         train_cpu(tiny_run_config(byte_dataset, tmp_path / "runs", compile_mode="fast"), tmp_path / "run2")
 
 
+def test_mix_order_reduction_is_off_unless_asked(byte_dataset, tmp_path, monkeypatch):
+    import torch._inductor.config as inductor_config
+
+    if not hasattr(inductor_config.triton, "mix_order_reduction"):
+        pytest.skip("this torch's inductor has no mix-order reduction")
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
+    monkeypatch.setattr(inductor_config.triton, "mix_order_reduction", None)  # restored after the test
+    seen = {}
+    for on in (False, True):
+        train_cpu(tiny_run_config(byte_dataset, tmp_path / "runs", iterations=1, compile=True, mix_order_reduction=on),
+                  tmp_path / f"run{on}")
+        seen[on] = inductor_config.triton.mix_order_reduction
+    assert seen == {False: False, True: True}
+
+
 def test_varlen_run_matches_sdpa_doc_isolated_and_every_batch_uses_its_primed_graph(byte_dataset, tmp_path,
                                                                                       monkeypatch):
     import pgolf.model.attn_backends as ab

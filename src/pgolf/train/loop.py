@@ -62,14 +62,15 @@ class TrainResult:
     averager: WeightAverager | None = None  # EMA / SWA (train/ema.py); the pipeline applies it before export
 
 
-def avoid_inductor_fusion_bug() -> None:
-    """torch 2.11's inductor asserts (``not isinstance(node1, FusedMixOrderReductions)`` in the scheduler) when
-    compiling the issue-4 'all' stack (MLP 3x, leaky relu², XSA, partial RoPE, SmearGate, parallel lanes, loops)
-    on an H100; turning off mix-order reduction fusion avoids it (same as TORCHINDUCTOR_MIX_ORDER_REDUCTION=0)."""
+def set_mix_order_reduction(on: bool) -> None:
+    """inductor's mix-order reduction fusion, train.mix_order_reduction. Off by default: torch 2.11's inductor
+    asserts (``not isinstance(node1, FusedMixOrderReductions)`` in the scheduler) when compiling the issue-4 'all'
+    stack (MLP 3x, leaky relu², XSA, partial RoPE, SmearGate, parallel lanes, loops) on an H100 with it on (the
+    same as TORCHINDUCTOR_MIX_ORDER_REDUCTION=0). A no-op on torch versions without the option."""
     import torch._inductor.config as inductor_config
 
     if hasattr(inductor_config.triton, "mix_order_reduction"):
-        inductor_config.triton.mix_order_reduction = False
+        inductor_config.triton.mix_order_reduction = on
 
 
 def segmented(token_losses, model: GPT):
@@ -120,7 +121,7 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
     check_train_techniques(tc)
     qat = qat_mod.LateQAT.from_config(model, tc)  # before torch.compile: the flag must be a graph input
     if tc.compile:
-        avoid_inductor_fusion_bug()
+        set_mix_order_reduction(tc.mix_order_reduction)
     compiled: nn.Module = torch.compile(model, dynamic=False, fullgraph=True, mode=tc.compile_mode) \
         if tc.compile else model
     net: nn.Module = DDP(compiled, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from pgolf.fileio import atomic_write_json
@@ -34,7 +35,7 @@ def kind_of(name: str) -> str:
 
 class StepProfiler:
     """Opens torch.profiler at step ``PROFILE_SKIP`` and closes it ``steps`` steps later, then writes
-    ``profile.json`` (top kernels and per-kind totals of self device time, or CPU time on CPU) and
+    ``profile.json`` (top kernels and per-kind totals of device kernel time, or CPU op time on CPU) and
     ``profile_trace.json`` (Chrome trace) into `run_dir` on rank 0."""
 
     def __init__(self, steps: int, run_dir: Path, device: torch.device, *, enabled: bool = True,
@@ -73,24 +74,41 @@ class StepProfiler:
         self._prof.export_chrome_trace(str(self.run_dir / "profile_trace.json"))
 
 
-def summarize(prof: profile, *, cuda: bool, steps: int, top: int = 30) -> dict[str, Any]:
-    """Self time per op/kernel (device time on CUDA, CPU time otherwise), per kind, per step."""
-    rows = []
-    for ev in prof.key_averages():
+# CUPTI's own records, on the device timeline but not kernels (the host ran ahead of the GPU); left out of the totals
+CUPTI_OVERHEAD = re.compile(r"^(Command Buffer Full|Activity Buffer Request|Buffer Flush)", re.I)
+
+
+def device_rows(events, *, cuda: bool) -> dict[str, list[float]]:
+    """{name: [self µs, calls]}. On CUDA only the device's own records (kernels, memcpy, memset) count: a CPU op
+    reports its kernels' time as its own device time too, and counting both doubled every op that launches one."""
+    rows: dict[str, list[float]] = {}
+    for ev in events:
+        on_device = ev.device_type != DeviceType.CPU
+        if cuda and (not on_device or CUPTI_OVERHEAD.search(ev.name)):
+            continue
         us = ev.self_device_time_total if cuda else ev.self_cpu_time_total
         if us > 0:
-            rows.append({"name": ev.key, "kind": kind_of(ev.key), "self_us": us, "calls": ev.count})
+            row = rows.setdefault(ev.name, [0.0, 0])
+            row[0] += us
+            row[1] += 1
+    return rows
+
+
+def summarize(prof: profile, *, cuda: bool, steps: int, top: int = 30) -> dict[str, Any]:
+    """Self time per kernel (device time on CUDA) or op (CPU time otherwise), per kind, per step."""
+    rows = [{"name": name, "kind": kind_of(name), "self_us": us, "calls": calls}
+            for name, (us, calls) in device_rows(prof.events(), cuda=cuda).items()]
     rows.sort(key=lambda r: -r["self_us"])
     total = sum(r["self_us"] for r in rows) or 1.0
     kinds: dict[str, float] = {}
     for r in rows:
         kinds[r["kind"]] = kinds.get(r["kind"], 0.0) + r["self_us"]
+    per_step = 1000 * max(steps, 1)
     return {
         "clock": "device" if cuda else "cpu",
         "steps": steps,
-        "total_ms_per_step": total / 1000 / max(steps, 1),
-        "kinds": {k: {"ms_per_step": v / 1000 / max(steps, 1), "share": v / total}
+        "total_ms_per_step": total / per_step,
+        "kinds": {k: {"ms_per_step": v / per_step, "share": v / total}
                   for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
-        "top": [dict(r, ms_per_step=r["self_us"] / 1000 / max(steps, 1), share=r["self_us"] / total)
-                for r in rows[:top]],
+        "top": [dict(r, ms_per_step=r["self_us"] / per_step, share=r["self_us"] / total) for r in rows[:top]],
     }
