@@ -21,9 +21,12 @@ int8 per row; control tensors fp16; per-group compression.
 Not reproduced (yet) by pgolf, so this preset is the record's training recipe, not its score:
 - CaseOps tokenizer and byte sidecar (record: ``CASEOPS_ENABLED=1``); here the plain sp8192 tokenizer.
 - Phased LoRA TTT evaluation (3 phases, 2,500 prefix docs, rank 80); pgolf scores flat only (eval.mode=flat).
-- The fused Triton LeakyReLU² MLP kernel, FlashAttention-3 and parameter banking with the sharded Parallel Muon:
-  pgolf computes the same model with torch.compile, PyTorch's FlashAttention varlen kernel (``attn_backend=varlen``,
-  cu_seqlens padded like the record's loader) and DDP (the fused softcapped CE is pgolf's own ``model.fused_ce``).
+- FlashAttention-3 and parameter banking with the sharded Parallel Muon: pgolf computes the same model with
+  torch.compile, PyTorch's FlashAttention varlen kernel (``attn_backend=varlen``, cu_seqlens padded like the
+  record's loader) and DDP. The fused softcapped CE and the fused LeakyReLU² MLP are pgolf's own kernels
+  (``model.fused_ce``, ``model.fused_mlp``). On one H100 the MLP kernel measured +0.3% tokens/s overall, +0.7%
+  before the loops (benchmarks/results/throughput_pgolf_h100_*.json). ``train.mix_order_reduction=true`` measured
+  +0.75% more but stays off: torch 2.11's inductor asserts with it on other stacks, and a full run compiles more.
   ``attn_backend=flex`` gives the same attention, but on an H100 with torch 2.11 its compiled no-grad graph
   (evaluation) faults (benchmarks/results/diag_doc_isolated_h100_narrowing.json).
 - The per-group lrzip (ZPAQ) back-end and row similarity sort: pgolf's ``compressor=pergroup`` picks among its own
@@ -49,6 +52,7 @@ def preset() -> RunConfig:
             num_loops=2, loop_start=3, loop_end=5, loop_enable_at=0.35,
             smear_gate="bos_fixed", smear_gate_width=12, init="orthogonal",
             fused_ce=True,  # the record's fused softcapped CE (PR #1787; FUSED_CE_ENABLED=1)
+            fused_mlp=True,  # the record's fused LeakyReLU² MLP, as pgolf's Triton kernel (model/fused_mlp.py)
         ),
         optim=OptimConfig(
             matrix_lr=0.026, scalar_lr=0.02, tied_embed_lr=0.03,
