@@ -36,8 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling record18
 import record1855 as rec1855
 from pgolf.report.flops import PhaseFlops, peak_flops, phase_flops, read_tokens, t_eff_from_tokens
 from pgolf.report.throughput import load_pgolf_run, mfu_block, phase_stats, ratios
+from pgolf.train.profile import PROFILE_SKIP
 
 SHIMS = Path(__file__).resolve().parent / "shims"
+PROFILE_SCRIPT = Path(__file__).resolve().parent / "profile_script.py"
 TARGETS = {"tokens_per_s_ratio": 1.15, "mfu": 0.40}  # issue 5, item 2
 # pgolf overrides that keep the post-training work small (the benchmark only reads the training clock)
 QUICK_EXPORT = ("quant.scheme=int8_rowwise", "quant.gptq=false", "quant.lqer_rank=0", "quant.awq_top_k=0",
@@ -90,9 +92,10 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def pgolf_command(preset: str, run_id: str, seconds: float, data: Path, sets: Sequence[str], *, warmup_steps: int,
-                  log_every: int, training_only: bool = False) -> list[str]:
+                  log_every: int, training_only: bool = False, profile_steps: int = 0) -> list[str]:
     """``python -m pgolf train`` with the benchmark's overrides; the caller's `sets` come last and win.
-    `training_only` (--stop-after-training): no evaluation graphs are compiled in the warm-up."""
+    `training_only` (--stop-after-training): no evaluation graphs are compiled in the warm-up. `profile_steps`:
+    torch.profiler over that many steps after the first PROFILE_SKIP timed ones (runs/<id>/profile.json)."""
     from pgolf.config import apply_overrides
     from pgolf.presets import get_preset
 
@@ -102,6 +105,8 @@ def pgolf_command(preset: str, run_id: str, seconds: float, data: Path, sets: Se
         base.append("data.corpus=proxy")
     if training_only:
         base.append("train.prime_eval=false")
+    if profile_steps:
+        base.append(f"train.profile_steps={profile_steps}")
     apply_overrides(get_preset(preset), [*base, *sets])  # a bad override fails here, before the device run
     cmd = [sys.executable, "-m", "pgolf", "train", "--preset", preset, "--run-id", run_id]
     for s in (*base, *sets):
@@ -111,7 +116,8 @@ def pgolf_command(preset: str, run_id: str, seconds: float, data: Path, sets: Se
 
 def run_pgolf(args, workdir: Path, run_id: str) -> dict[str, Any]:
     cmd = pgolf_command(args.pgolf, run_id, args.seconds, args.data, args.set, warmup_steps=args.warmup_steps,
-                        log_every=args.log_every, training_only=args.stop_after_training)
+                        log_every=args.log_every, training_only=args.stop_after_training,
+                        profile_steps=args.profile_steps)
     print("+", shlex.join(cmd), flush=True)
     run_dir = Path("runs") / run_id
     res = run_logged(cmd, cwd=Path.cwd(), env=dict(os.environ), log_path=workdir / "pgolf_stdout.log",
@@ -121,6 +127,7 @@ def run_pgolf(args, workdir: Path, run_id: str) -> dict[str, Any]:
     if not (run_dir / "config.json").exists():
         res["error"] = f"no {run_dir / 'config.json'}: the run did not start (see {res['log']})"
         return res
+    res["profile"] = read_profile(run_dir / "profile.json") if args.profile_steps else None
     trace, summary, log, cfg = load_pgolf_run(run_dir)
     peak = summary.get("peak_mem_bytes")
     res.update(trace=trace, cfg=cfg, summary_found=bool(summary), model_params=log.get("model_params"),
@@ -130,6 +137,8 @@ def run_pgolf(args, workdir: Path, run_id: str) -> dict[str, Any]:
 
 
 def run_record(args, workdir: Path, bucket: dict[str, Any]) -> dict[str, Any]:
+    from pgolf.presets import get_preset
+
     script = workdir / "record" / "train_gpt.py"
     script.parent.mkdir(parents=True, exist_ok=True)
     script.write_text(rec1855.patch_source(Path(args.record).read_text(encoding="utf-8")), encoding="utf-8")
@@ -139,16 +148,30 @@ def run_record(args, workdir: Path, bucket: dict[str, Any]) -> dict[str, Any]:
     env = {**os.environ, **settings, "PYTHONPATH": os.pathsep.join(
         [str(SHIMS)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
     cmd = [sys.executable, "train_gpt.py"]
+    if args.profile_steps:  # the same window as pgolf's: PROFILE_SKIP steps after its warm-up (x2 with loops)
+        skip = args.warmup_steps * (2 if get_preset("pr1855").model.num_loops else 1) + PROFILE_SKIP
+        cmd = [sys.executable, str(PROFILE_SCRIPT), "--skip", str(skip), "--steps", str(args.profile_steps),
+               "--out-dir", str((workdir / "record_profile").resolve()), "--", "train_gpt.py"]
     shown = f"PYTHONPATH={SHIMS} " + " ".join(f"{k}={v}" for k, v in settings.items()) + " " + shlex.join(cmd)
     print(f"+ (cd {script.parent}) {shown}", flush=True)
     res = run_logged(cmd, cwd=script.parent, env=env, log_path=workdir / "record_stdout.log",
                      timeout=args.record_timeout, marks=RECORD_MARKS)
     parsed = rec1855.parse_record_log(Path(res["log"]).read_text(encoding="utf-8", errors="replace"))
+    res["profile"] = read_profile(workdir / "record_profile" / "profile.json") if args.profile_steps else None
     res.update(command=f"(cd {script.parent}) {shown}", source=str(args.record), cu_bucket=bucket,
                patches=[{"name": p.name, "why": p.why} for p in rec1855.PATCHES], trace=parsed["trace"],
                **{k: parsed[k] for k in ("stopped_by_cap", "peak_mem_mib", "peak_reserved_mib", "model_params",
                                          "traceback", "hparams")})
     return res
+
+
+def read_profile(path: Path, top: int = 15) -> dict[str, Any] | None:
+    """The per-kind totals and top kernels of a profile.json (pgolf.train.profile), None if the run wrote none."""
+    if not path.exists():
+        return None
+    rep = json.loads(path.read_text())
+    return {"path": str(path), "steps": rep["steps"], "clock": rep["clock"],
+            "total_ms_per_step": rep["total_ms_per_step"], "kinds": rep["kinds"], "top": rep["top"][:top]}
 
 
 def analyze(res: dict[str, Any], pf: PhaseFlops, peak: float | None) -> dict[str, Any]:
@@ -172,6 +195,9 @@ def compare(result: dict[str, Any]) -> dict[str, Any]:
     rec, pg = result.get("record") or {}, result.get("pgolf") or {}
     if rec.get("phases") and pg.get("phases"):
         result["ratio_pgolf_over_record"] = ratios(pg["phases"], rec["phases"])
+        if result.get("profiled_steps"):  # profiler overhead in both: a diagnosis run, not a measurement
+            result["meets_targets"] = None
+            return result
         r, m = result["ratio_pgolf_over_record"]["overall"], (pg.get("mfu") or {}).get("overall")
         result["meets_targets"] = {"tokens_per_s_ratio": r is not None and r >= TARGETS["tokens_per_s_ratio"],
                                    "mfu": m is not None and m >= TARGETS["mfu"]}
@@ -217,7 +243,8 @@ def measure(args) -> dict[str, Any]:
         "device": dev, "peak_flops": peak, "seconds": args.seconds, "data": str(args.data), "targets": TARGETS,
         "flops_formula": "pgolf.report.flops: 6 x matmul weights per virtual layer + 6 T_eff d causal attention "
                          "per virtual layer (documents cut at seq_len); looped layers counted after the switch",
-        "t_eff": {"doc_isolated_seq2048": t_eff, "tokens_scanned": len(tokens)}}
+        "t_eff": {"doc_isolated_seq2048": t_eff, "tokens_scanned": len(tokens)},
+        "profiled_steps": args.profile_steps}  # > 0: tokens/s include profiler overhead, compare kernel times only
     hparams: dict[str, str] = {}
     if args.record:
         bucket = rec1855.record_bucket_size(train_files, record_cfg.train.micro_batch_tokens, record_cfg.train.seq_len)
@@ -267,6 +294,14 @@ def print_table(result: dict[str, Any]) -> None:
     if "ratio_pgolf_over_record" in result:
         print("pgolf/record tok/s:", {k: None if v is None else round(v, 3)
                                       for k, v in result["ratio_pgolf_over_record"].items()})
+    profiles = {k: (result.get(k) or {}).get("profile") for k in ("record", "pgolf")}
+    if any(profiles.values()):
+        kinds = sorted({kind for p in profiles.values() if p for kind in p["kinds"]})
+        print(f"{'GPU ms/step':12s}", *(f"{k:>10s}" for k in ("record", "pgolf")))
+        for kind in [*kinds, "total"]:
+            row = [None if not p else p["total_ms_per_step"] if kind == "total" else
+                   (p["kinds"].get(kind) or {}).get("ms_per_step", 0.0) for p in profiles.values()]
+            print(f"{kind:12s}", *(f"{fmt(v, '.1f'):>10s}" for v in row))
     if result.get("equal_model_mismatches"):
         print("NOT the same model/batch:", result["equal_model_mismatches"])
 
@@ -285,6 +320,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--pgolf-timeout", type=float, default=None, help="wall seconds before pgolf is stopped")
     ap.add_argument("--stop-after-training", action="store_true",
                     help="stop pgolf once training ended (skip its evaluation and export)")
+    ap.add_argument("--profile-steps", type=int, default=0,
+                    help="also profile this many steps of each run after PROFILE_SKIP timed ones (tokens/s of a "
+                         "profiled run is not comparable; the report gets per-kind kernel time of both)")
     ap.add_argument("--workdir", type=Path, default=None, help="default: runs/throughput-<time>")
     ap.add_argument("--merge", type=Path, nargs="+", default=None, help="combine earlier JSONs of this script")
     ap.add_argument("--out", type=Path, required=True)

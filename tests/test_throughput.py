@@ -394,3 +394,67 @@ def test_every_ab_proxy_variant_is_a_valid_config(suite):
     for name, overrides in ab.SUITES[suite].items():
         cfg = apply_overrides(base, overrides)  # raises, naming the field, on a bad override
         assert (cfg == base) == (not overrides), name
+
+
+TOY_SCRIPT = '''
+import pathlib, sys
+import torch
+model = torch.nn.Linear(8, 8)
+first, second = (torch.optim.SGD(model.parameters(), lr=0.01) for _ in range(2))  # two per step, as a record
+for _ in range(int(sys.argv[1])):
+    model(torch.randn(4, 8)).square().mean().backward()
+    first.step(); second.step(); first.zero_grad()
+pathlib.Path("argv.txt").write_text(" ".join(sys.argv[1:]))
+'''
+
+
+@pytest.mark.parametrize("total, want", [(12, 4), (5, 2)])  # a window inside the run; one cut by its end
+def test_profile_script_profiles_a_window_of_an_unmodified_script(tmp_path, total, want):
+    script = tmp_path / "sub" / "train_toy.py"
+    script.parent.mkdir()
+    script.write_text(TOY_SCRIPT)
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "profile_script.py"), "--skip", "3", "--steps", "4",
+                        "--out-dir", "prof", "--", str(script), str(total), "x"], cwd=tmp_path, capture_output=True,
+                       text=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (script.parent / "argv.txt").read_text() == f"{total} x"  # its own argv, run from its own folder
+    rep = json.loads((tmp_path / "prof" / "profile.json").read_text())  # --out-dir taken before the chdir
+    assert rep["steps"] == want and rep["clock"] == "cpu" and "matmul" in rep["kinds"]
+
+
+def test_profiled_throughput_run_reports_kernel_kinds_not_targets(byte_dataset, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    sets = ["data.tokenizer=byte260", "model.num_layers=1", "model.model_dim=32", "model.num_heads=2",
+            "model.num_kv_heads=1", "train.batch_tokens=256", "train.micro_batch_tokens=128", "train.seq_len=32",
+            "eval.batch_tokens=512", "train.device=cpu"]
+    out = tmp_path / "tp.json"
+    argv = ["--pgolf", "tiny", "--data", str(byte_dataset), "--seconds", "2", "--warmup-steps", "0",
+            "--profile-steps", "3", "--out", str(out), "--workdir", str(tmp_path / "w"), "--stop-after-training"]
+    assert tp.main(argv + [a for s in sets for a in ("--set", s)]) == 0
+    res = json.loads(out.read_text())
+    prof = res["pgolf"]["profile"]
+    assert res["profiled_steps"] == 3 and prof["steps"] == 3 and prof["total_ms_per_step"] > 0
+    assert "GPU ms/step" in capsys.readouterr().out
+    res["record"] = {"phases": res["pgolf"]["phases"]}
+    assert tp.compare(res)["meets_targets"] is None
+
+
+def test_profiled_record_runs_under_the_profile_script_with_pgolfs_window(tmp_path, monkeypatch):
+    (tmp_path / "rec.py").write_text(record_source())
+    seen = {}
+
+    def fake_run_logged(cmd, *, cwd, env, log_path, timeout, **kw):
+        seen.update(cmd=cmd, cwd=cwd, pythonpath=env["PYTHONPATH"])
+        log_path.write_text("")
+        return {"log": str(log_path), "rc": 0}
+
+    monkeypatch.setattr(tp, "run_logged", fake_run_logged)
+    args = tp.argparse.Namespace(record=tmp_path / "rec.py", data=tmp_path, tokenizer=tmp_path / "t.model",
+                                 seconds=60, warmup_steps=5, log_every=5, record_timeout=None, profile_steps=8)
+    res = tp.run_record(args, tmp_path / "w", {"bucket": 256})
+    cmd = seen["cmd"]
+    assert cmd[1] == str(tp.PROFILE_SCRIPT) and cmd[-2:] == ["--", "train_gpt.py"]
+    opt = dict(zip(cmd[2:-2:2], cmd[3:-2:2]))
+    assert opt == {"--skip": str(2 * 5 + tp.PROFILE_SKIP), "--steps": "8",  # warm-up with loops off, then on
+                   "--out-dir": str((tmp_path / "w" / "record_profile").resolve())}
+    assert str(tp.SHIMS) in seen["pythonpath"] and res["profile"] is None  # nothing written by the fake run
