@@ -116,24 +116,27 @@ def test_compile_mode_reaches_the_training_graph_and_is_validated(byte_dataset, 
     cfg = tiny_run_config(byte_dataset, tmp_path / "runs", iterations=2, compile=True,
                           compile_mode="max-autotune-no-cudagraphs")
     train_cpu(cfg, tmp_path / "run")
-    assert {"dynamic": False, "fullgraph": True, "mode": "max-autotune-no-cudagraphs"} in seen
+    assert {"dynamic": False, "fullgraph": True,  # the mode, as its inductor options
+            "options": {"max_autotune": True, "coordinate_descent_tuning": True}} in seen
     with pytest.raises(ValueError, match="train.compile_mode='fast'"):
         train_cpu(tiny_run_config(byte_dataset, tmp_path / "runs", compile_mode="fast"), tmp_path / "run2")
 
 
-def test_mix_order_reduction_is_off_unless_asked(byte_dataset, tmp_path, monkeypatch):
+def test_mix_order_reduction_reaches_the_training_graph_only(byte_dataset, tmp_path, monkeypatch):
     import torch._inductor.config as inductor_config
 
     if not hasattr(inductor_config.triton, "mix_order_reduction"):
         pytest.skip("this torch's inductor has no mix-order reduction")
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
-    monkeypatch.setattr(inductor_config.triton, "mix_order_reduction", None)  # restored after the test
-    seen = {}
+    monkeypatch.setattr(inductor_config.triton, "mix_order_reduction", True)  # restored after the test
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.append(kw) or fn)
     for on in (False, True):
+        seen.clear()
         train_cpu(tiny_run_config(byte_dataset, tmp_path / "runs", iterations=1, compile=True, mix_order_reduction=on),
                   tmp_path / f"run{on}")
-        seen[on] = inductor_config.triton.mix_order_reduction
-    assert seen == {False: False, True: True}
+        train_graph, eval_graph = seen[0], seen[1]  # the model, then its token_losses
+        assert train_graph["options"].get("triton.mix_order_reduction", False) is on
+        assert "options" not in eval_graph and inductor_config.triton.mix_order_reduction is False  # process-wide
 
 
 def test_varlen_run_matches_sdpa_doc_isolated_and_every_batch_uses_its_primed_graph(byte_dataset, tmp_path,

@@ -254,8 +254,9 @@ class TrainConfig:
     # torch.compile mode of the training graph: default | max-autotune-no-cudagraphs (Triton GEMM templates with
     # fused epilogues, e.g. the LeakyReLU² after the MLP up-projection; minutes more compile, outside the clock)
     compile_mode: str = "default"
-    # inductor's mix-order reduction fusion (torch >= 2.10: row and column reductions of one tensor, as in RMSNorm's
-    # backward, in one kernel). Off by default: torch 2.11 asserts on some stacks with it (train/loop.py)
+    # inductor's mix-order reduction fusion in the training graph (torch >= 2.10: row and column reductions of one
+    # tensor, as in RMSNorm's backward, in one kernel). Off by default: torch 2.11 asserts on some stacks with it
+    # (train/loop.py); evaluation graphs always compile without it
     mix_order_reduction: bool = False
     device: str = "auto"  # auto | cpu | cuda
     # --- training techniques: averaging, QAT, loaders, kernels (each off by default) ---

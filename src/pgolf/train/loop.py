@@ -62,15 +62,29 @@ class TrainResult:
     averager: WeightAverager | None = None  # EMA / SWA (train/ema.py); the pipeline applies it before export
 
 
-def set_mix_order_reduction(on: bool) -> None:
-    """inductor's mix-order reduction fusion, train.mix_order_reduction. Off by default: torch 2.11's inductor
-    asserts (``not isinstance(node1, FusedMixOrderReductions)`` in the scheduler) when compiling the issue-4 'all'
-    stack (MLP 3x, leaky relu², XSA, partial RoPE, SmearGate, parallel lanes, loops) on an H100 with it on (the
-    same as TORCHINDUCTOR_MIX_ORDER_REDUCTION=0). A no-op on torch versions without the option."""
+def avoid_inductor_fusion_bug() -> None:
+    """Process-wide: inductor's mix-order reduction fusion off. torch 2.11's inductor asserts (``not
+    isinstance(node1, FusedMixOrderReductions)`` in the scheduler) when compiling the issue-4 'all' stack (MLP 3x,
+    leaky relu², XSA, partial RoPE, SmearGate, parallel lanes, loops) on an H100 with it on (the same as
+    TORCHINDUCTOR_MIX_ORDER_REDUCTION=0). ``train.mix_order_reduction`` turns it back on for the training graph
+    only (`training_compile_kwargs`). A no-op on torch versions without the option."""
     import torch._inductor.config as inductor_config
 
     if hasattr(inductor_config.triton, "mix_order_reduction"):
-        inductor_config.triton.mix_order_reduction = on
+        inductor_config.triton.mix_order_reduction = False
+
+
+def training_compile_kwargs(tc) -> dict:
+    """torch.compile arguments of the training graph: train.compile_mode as its inductor options (mode and options
+    cannot both be given), plus mix-order reduction (row and column reductions of one tensor, as in RMSNorm's
+    backward, in one kernel) when train.mix_order_reduction is on and this inductor has it."""
+    import torch._inductor as inductor
+    import torch._inductor.config as inductor_config
+
+    options = dict(inductor.list_mode_options(tc.compile_mode))
+    if tc.mix_order_reduction and hasattr(inductor_config.triton, "mix_order_reduction"):
+        options["triton.mix_order_reduction"] = True
+    return {"dynamic": False, "fullgraph": True, "options": options}
 
 
 def segmented(token_losses, model: GPT):
@@ -121,9 +135,8 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
     check_train_techniques(tc)
     qat = qat_mod.LateQAT.from_config(model, tc)  # before torch.compile: the flag must be a graph input
     if tc.compile:
-        set_mix_order_reduction(tc.mix_order_reduction)
-    compiled: nn.Module = torch.compile(model, dynamic=False, fullgraph=True, mode=tc.compile_mode) \
-        if tc.compile else model
+        avoid_inductor_fusion_bug()
+    compiled: nn.Module = torch.compile(model, **training_compile_kwargs(tc)) if tc.compile else model
     net: nn.Module = DDP(compiled, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None,
                          broadcast_buffers=False) if rt.distributed else compiled
     opt = build_optimizers(model, cfg.optim)
