@@ -17,6 +17,9 @@ from pgolf.train.profile import PROFILE_SKIP, kind_of, summarize
     ("pytorch_flash::flash_fwd_kernel", "attention"), ("triton_tem_fused_flex_attention_0", "attention"),
     ("triton_per_fused_add_mul_rms_norm_3", "fused"), ("ncclDevKernel_AllReduce_Sum_bf16", "communication"),
     ("Memcpy HtoD (Pageable -> Device)", "copy"), ("aten::add_", "other"),
+    ("triton_poi_fused__to_copy__unsafe_view_leaky_relu_pow_21", "fused"),  # inductor pointwise, not a copy
+    ("triton_per_fused__varlen_attn_backward_add_clone_9", "fused"), ("triton_tem_fused_mm_0", "matmul"),
+    ("gemm_act_kernel", "matmul"), ("aten::_to_copy", "copy"),
 ])
 def test_kernel_kinds(name, kind):
     assert kind_of(name) == kind

@@ -21,11 +21,13 @@ from pgolf.fileio import atomic_write_json
 
 PROFILE_SKIP = 10  # timed steps before the window opens
 KINDS = (  # first match wins; names as CUDA kernels and CPU ops appear in the profiler
+    # inductor's generated pointwise / reduction kernels, whatever ops their names list (_to_copy, varlen_attn_...)
+    ("fused", re.compile(r"^triton_(poi|per|red)_")),
     ("attention", re.compile(r"flash|fmha|attention|flex|sdpa|varlen", re.I)),
-    ("matmul", re.compile(r"gemm|matmul|\bmm\b|addmm|bmm|nvjet|xmma|cutlass|cublas|sm90_|linear", re.I)),
+    ("matmul", re.compile(r"gemm|matmul|\bmm\b|_mm_|addmm|bmm|nvjet|xmma|cutlass|cublas|sm90_|linear", re.I)),
     ("communication", re.compile(r"nccl|all_reduce|allreduce|reduce_scatter|all_gather|gloo", re.I)),
     ("copy", re.compile(r"memcpy|memset|copy_|to_copy|cat\b|contiguous", re.I)),
-    ("fused", re.compile(r"^triton_|triton", re.I)),
+    ("fused", re.compile(r"^triton_|triton", re.I)),  # other Triton kernels (ours: fused CE, fused MLP)
 )
 
 
