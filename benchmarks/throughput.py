@@ -13,8 +13,10 @@ pgolf runs as ``python -m pgolf train --preset P --set train.wallclock_s=S ...``
 no GPTQ; `QUICK_EXPORT`) and one eval batch shape (fewer compiled eval graphs to prime); with
 ``--stop-after-training`` it primes no eval graph (``train.prime_eval=false``) and is stopped once its ``stopped:``
 line (steps, time, peak memory) is in train.log. The record runs from a patched temporary copy (record1855.py)
-with ``benchmarks/shims`` (a FlashAttention-3 stand-in) on PYTHONPATH. Both runs log every `--log-every` steps; the wall second at which each printed its first step and
-its end of training is kept (``marks``), i.e. how long start-up and compilation took.
+with ``benchmarks/shims`` (a FlashAttention-3 stand-in) on PYTHONPATH. Both runs log every `--log-every` steps;
+the wall second at which each printed its first step and its end of training is kept (``marks``), i.e. how long
+start-up and compilation took. ``--profile-steps N`` also profiles N steps of each, PROFILE_SKIP steps after its
+warm-up (the record through profile_script.py), and prints GPU ms per step by kernel kind side by side.
 """
 
 from __future__ import annotations
