@@ -138,9 +138,8 @@ def run_pgolf(args, workdir: Path, run_id: str) -> dict[str, Any]:
     return res
 
 
-def run_record(args, workdir: Path, bucket: dict[str, Any]) -> dict[str, Any]:
-    from pgolf.presets import get_preset
-
+def run_record(args, workdir: Path, bucket: dict[str, Any], record_cfg) -> dict[str, Any]:
+    """The patched record script; `record_cfg` is the pr1855 preset (its loops decide the warm-up length)."""
     script = workdir / "record" / "train_gpt.py"
     script.parent.mkdir(parents=True, exist_ok=True)
     script.write_text(rec1855.patch_source(Path(args.record).read_text(encoding="utf-8")), encoding="utf-8")
@@ -151,7 +150,7 @@ def run_record(args, workdir: Path, bucket: dict[str, Any]) -> dict[str, Any]:
         [str(SHIMS)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
     cmd = [sys.executable, "train_gpt.py"]
     if args.profile_steps:  # the same window as pgolf's: PROFILE_SKIP steps after its warm-up (x2 with loops)
-        skip = args.warmup_steps * (2 if get_preset("pr1855").model.num_loops else 1) + PROFILE_SKIP
+        skip = args.warmup_steps * (2 if record_cfg.model.num_loops else 1) + PROFILE_SKIP
         cmd = [sys.executable, str(PROFILE_SCRIPT), "--skip", str(skip), "--steps", str(args.profile_steps),
                "--out-dir", str((workdir / "record_profile").resolve()), "--", "train_gpt.py"]
     shown = f"PYTHONPATH={SHIMS} " + " ".join(f"{k}={v}" for k, v in settings.items()) + " " + shlex.join(cmd)
@@ -251,7 +250,7 @@ def measure(args) -> dict[str, Any]:
     if args.record:
         bucket = rec1855.record_bucket_size(train_files, record_cfg.train.micro_batch_tokens, record_cfg.train.seq_len)
         print(f"record cu_seqlens bucket: {bucket}", flush=True)
-        rec = run_record(args, workdir, bucket)
+        rec = run_record(args, workdir, bucket, record_cfg)
         hparams = rec.get("hparams") or {}
         result["record"] = analyze(rec, phase_flops(record_cfg, t_eff), peak)
         show_tail_if_failed(result["record"])

@@ -451,7 +451,9 @@ def test_profiled_record_runs_under_the_profile_script_with_pgolfs_window(tmp_pa
     monkeypatch.setattr(tp, "run_logged", fake_run_logged)
     args = tp.argparse.Namespace(record=tmp_path / "rec.py", data=tmp_path, tokenizer=tmp_path / "t.model",
                                  seconds=60, warmup_steps=5, log_every=5, record_timeout=None, profile_steps=8)
-    res = tp.run_record(args, tmp_path / "w", {"bucket": 256})
+    from pgolf.presets import get_preset
+
+    res = tp.run_record(args, tmp_path / "w", {"bucket": 256}, get_preset("pr1855"))
     cmd = seen["cmd"]
     assert cmd[1] == str(tp.PROFILE_SCRIPT) and cmd[-2:] == ["--", "train_gpt.py"]
     opt = dict(zip(cmd[2:-2:2], cmd[3:-2:2]))
