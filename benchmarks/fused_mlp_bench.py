@@ -8,7 +8,12 @@ One step = ``out = MLP(x); out.backward(g)`` with x (N, D) requiring grad and bo
 
     compiled        torch.compile(fullgraph=True) of F.linear -> leaky_relu -> square -> F.linear (the unfused model)
     fused           fused_mlp (model/fused_mlp.py): the Triton GEMM+activation kernels on CUDA, torch math on CPU
-    fused_compiled  torch.compile(fullgraph=True) of fused_mlp (the way the training loop runs it)
+    fused_compiled  torch.compile(fullgraph=True) of fused_mlp (the way the training loop runs it); on Hopper its
+                    GEMM+activation is the TMA kernel
+    fused_compiled_pointer  the same with PGOLF_FUSED_MLP_TMA=0: the pointer kernel (what the TMA kernel gains)
+    record          with --record-script PATH (e.g. .peers/pr1855_train_gpt.py, see issue5_throughput.sh): that
+                    script's own fused MLP autograd function, loaded from the file (benchmarks/shims on the path
+                    for its flash_attn_interface import), slope 0.5 only, eager as the record calls it
 
 Reported per variant: median and mean ms per step, TFLOP/s (six GEMMs of 2 N D H FLOPs: two forward, four
 backward), peak memory above what was allocated before the step (GPU), and the largest
@@ -18,6 +23,8 @@ output difference from the compiled variant relative to its largest output.
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -30,16 +37,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pgolf.model import fused_mlp as fm
 from step_timer import bench_cli, time_steps
 
-VARIANTS = ("compiled", "fused", "fused_compiled")
+VARIANTS = ("compiled", "fused", "fused_compiled", "fused_compiled_pointer")
+SHIMS = Path(__file__).resolve().parent / "shims"
 
 
 def unfused(x, w_fc, w_proj, slope: float):
     return F.linear(F.leaky_relu(F.linear(x, w_fc), slope).square(), w_proj)
 
 
-def make_fn(variant: str):
+def record_mlp(script: Path):
+    """The record script's fused MLP (its FusedLeakyReLUSquareMLP autograd function), imported from the file."""
+    sys.path.insert(0, str(SHIMS))
+    spec = importlib.util.spec_from_file_location("record_train_gpt", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # defines only; its main() runs under __name__ == "__main__"
+
+    def fn(x, w_fc, w_proj, slope: float):
+        if slope != 0.5:
+            raise ValueError(f"the record's kernel has slope 0.5 built in, not {slope}")
+        return mod.FusedLeakyReLUSquareMLP(x, w_fc, w_proj)
+    return fn
+
+
+def make_fn(variant: str, record_script: Path | None = None):
+    if variant == "record":
+        return record_mlp(record_script)
     fn = unfused if variant == "compiled" else fm.fused_mlp
-    return torch.compile(fn, fullgraph=True, dynamic=False) if variant.endswith("compiled") else fn
+    return torch.compile(fn, fullgraph=True, dynamic=False) if "compiled" in variant else fn
 
 
 def run(args) -> dict:
@@ -55,9 +79,15 @@ def run(args) -> dict:
     params = (x, w_fc, w_proj)
     flops = 6 * 2 * args.rows * args.dim * hidden  # 2 GEMMs forward, 4 backward
     results, outputs = [], {}
-    for variant in args.variants:
+    tma_env = os.environ.get("PGOLF_FUSED_MLP_TMA")
+    for variant in args.variants + (["record"] if args.record_script else []):
         torch._dynamo.reset()
-        fn = make_fn(variant)
+        os.environ["PGOLF_FUSED_MLP_TMA"] = "0" if variant == "fused_compiled_pointer" else "1"
+        try:
+            fn = make_fn(variant, args.record_script)
+        except Exception as e:  # noqa: BLE001 (reported like a variant that cannot run)
+            results.append({"variant": variant, "error": f"{type(e).__name__}: {str(e)[:300]}"})
+            continue
 
         def step():
             out = fn(x, w_fc, w_proj, args.slope)
@@ -78,6 +108,10 @@ def run(args) -> dict:
         results.append({"variant": variant, **r})
         print(f"{variant:15s} " + (f"{r['ms_median']:9.3f} ms  {r['tflops']:6.1f} TFLOP/s  peak {r['peak_mib']} MiB"
                                    if "error" not in r else r["error"]), flush=True)
+    if tma_env is None:
+        os.environ.pop("PGOLF_FUSED_MLP_TMA", None)
+    else:
+        os.environ["PGOLF_FUSED_MLP_TMA"] = tma_env
     ref = outputs.get("compiled")
     for r in results:
         if ref is not None and r["variant"] in outputs:
@@ -98,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--mult", type=int, default=4, help="hidden = mult x dim")
     p.add_argument("--slope", type=float, default=0.5)
+    p.add_argument("--record-script", type=Path, default=None,
+                   help="also time this record script's fused MLP (variant 'record')")
     return bench_cli(p, argv, run, VARIANTS)
 
 

@@ -58,6 +58,7 @@ if [ "$MODE" != pgolf ]; then
       --out "$OUT/throughput_record.json" 2>&1 | tail -30
   rc=$(( rc || PIPESTATUS[0] ))
   cp "$W/record_stdout.log" "$OUT/" 2>/dev/null
+  cp "$W/record_profile/profile.json" "$OUT/profile_record.json" 2>/dev/null
 fi
 
 if [ "$MODE" != record ]; then
@@ -69,6 +70,7 @@ if [ "$MODE" != record ]; then
   cp "$W/pgolf_stdout.log" "$OUT/" 2>/dev/null
   run=$(ls -d runs/throughput-"$PRESET"-* 2>/dev/null | tail -1)
   [ -n "$run" ] && cp "$run/train.log" "$OUT/pgolf_train.log" && cp "$run/config.json" "$OUT/pgolf_config.json"
+  [ -n "$run" ] && cp "$run/profile.json" "$OUT/profile_pgolf.json" 2>/dev/null
 fi
 
 if [ "$MODE" = both ] && [ -f "$OUT/throughput_record.json" ] && [ -f "$OUT/throughput_pgolf.json" ]; then

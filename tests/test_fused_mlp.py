@@ -149,6 +149,30 @@ def test_triton_kernel_matches_fp32_math(m, d, h, slope):
 
 @pytest.mark.gpu
 @needs_triton
+@pytest.mark.parametrize("m", [4096, 1000])
+def test_tma_and_pointer_kernels_agree_forward_and_backward(m):
+    from pgolf.model import fused_mlp_triton as kern
+
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("the TMA kernel needs Hopper")
+    x, w_fc, w_proj = (a.detach() for a in operands(m=m, d=512, h=2048, device="cuda", dtype=torch.bfloat16))
+    x = x.flatten(0, 1)
+    fwd = {tma: kern.gemm_act(x, w_fc, 0.5, tma=tma) for tma in (True, False)}
+    want = x.float() @ w_fc.float().t()
+    for pre, post in fwd.values():
+        assert (pre.float() - want).abs().max() < 1e-2 * want.abs().max()
+    torch.testing.assert_close(fwd[True][1], fwd[False][1], atol=2e-2, rtol=2e-2)
+    g = torch.randn(m, 512, device="cuda", dtype=torch.bfloat16)
+    pre = fwd[False][0]
+    assert kern.tma_layout(g, w_proj.t()) is True  # the backward's b is W_proj^T, read as K x N
+    bwd = {tma: kern.gemm_act(g, w_proj.t(), 0.5, aux=pre, tma=tma) for tma in (True, False)}
+    want = (g.float() @ w_proj.float()) * torch.where(pre > 0, 2 * pre, 0.5 * pre).float()
+    for got in bwd.values():
+        assert (got.float() - want).abs().max() < 1e-2 * want.abs().max()
+
+
+@pytest.mark.gpu
+@needs_triton
 def test_triton_kernel_pre_and_post_are_exact_roundings():
     from pgolf.model import fused_mlp_triton as kern
 
@@ -193,6 +217,16 @@ for (m, d, h, slope), cfg in [((300, 64, 320, 0.5), 0), ((256, 128, 256, 0.0), 1
     torch.testing.assert_close(post, F.leaky_relu(pre, slope).square(), atol=0, rtol=0)
     g = torch.randn(m, d)
     g_pre = k.gemm_act(g, w_proj.t(), slope, aux=pre, config=k.CONFIGS[cfg])  # strided b, as the backward passes
+    want = (g @ w_proj) * torch.where(pre > 0, 2 * pre, 2 * slope * slope * pre)
+    torch.testing.assert_close(g_pre, want, atol=1e-4, rtol=1e-4)
+for (m, d, h, slope), cfg in [((300, 64, 256, 0.5), 3), ((256, 128, 256, 0.0), 0), ((200, 64, 384, 0.3), 2)]:
+    x, w_fc, w_proj = torch.randn(m, d), torch.randn(h, d) / d ** 0.5, torch.randn(d, h) / h ** 0.5
+    pre, post = k.gemm_act(x, w_fc, slope, config=k.TMA_CONFIGS[cfg], tma=True)  # persistent, 4 programs here
+    torch.testing.assert_close(pre, x @ w_fc.t(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(post, F.leaky_relu(pre, slope).square(), atol=0, rtol=0)
+    g = torch.randn(m, d)
+    assert k.tma_layout(g, w_proj.t()) is True
+    g_pre = k.gemm_act(g, w_proj.t(), slope, aux=pre, config=k.TMA_CONFIGS[cfg], tma=True)
     want = (g @ w_proj) * torch.where(pre > 0, 2 * pre, 2 * slope * slope * pre)
     torch.testing.assert_close(g_pre, want, atol=1e-4, rtol=1e-4)
 print("ok")

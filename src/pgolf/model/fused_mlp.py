@@ -70,7 +70,9 @@ def _fused_mlp_pre_grad(g_out: Tensor, w_proj: Tensor, pre: Tensor, slope: float
     if uses_triton(g_out):
         from pgolf.model import fused_mlp_triton
 
-        return fused_mlp_triton.gemm_act(g_out.contiguous(), w_proj.t(), slope, aux=pre.contiguous())
+        # W_proj^T as a (hidden, D) row-major copy (2 MB at #1855's size): the TMA kernel's B tile then loads
+        # in the forward's orientation, as the record's kernel does
+        return fused_mlp_triton.gemm_act(g_out.contiguous(), w_proj.t().contiguous(), slope, aux=pre.contiguous())
     return ((g_out @ w_proj).float() * _act_grad(pre.float(), slope)).to(pre.dtype)
 
 

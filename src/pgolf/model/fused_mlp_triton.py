@@ -7,16 +7,29 @@ activation, so the (M, hidden) activations make one trip through HBM instead of 
     forward   C = pre = A B^T                    AUX <- post = leaky(pre, s)^2      (A = x, B = W_fc)
     backward  C = g_pre = (A B^T) * act'(AUX)    act'(p) = 2p (p > 0), 2 s^2 p      (A = g_out, B = W_proj^T, AUX = pre)
 
-post is computed from pre rounded to the output dtype, as the unfused graph does. Programs walk the output tiles
-in groups of GROUP_M row tiles, so consecutive programs share B tiles in L2. K must be a multiple of BLOCK_K
-(checked by the launcher; model widths are multiples of 64).
+post is computed from pre rounded to the output dtype, as the unfused graph does. Output tiles are walked in groups
+of GROUP_M row tiles, so consecutive tiles share B tiles in L2. K must be a multiple of 64 (checked by the launcher;
+model widths are multiples of 64). Two kernels compute the same thing:
+
+    gemm_act_tma_kernel  Hopper and later: persistent (one program per SM walks the tiles), operands read through
+                         TMA tensor descriptors, the epilogue written in two column halves; needs unit-stride rows
+                         of A and of B or B^T, 16-byte aligned. Why: in one H100 profile of #1855's shapes the
+                         record's TMA kernel took 0.49 ms per call, the pointer kernel below 0.60 (issue 5)
+    gemm_act_kernel      any other case: pointer loads with masks, any strides
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
+
+try:  # host-side TMA descriptors (triton >= 3.3)
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover - older triton: the pointer kernel only
+    TensorDescriptor = None
 
 # tile shapes tried once per (M, N, K) on the first call (compile warm-up, before the clock)
 CONFIGS = [
@@ -69,11 +82,95 @@ def gemm_act_kernel(a_ptr, b_ptr, c_ptr, aux_ptr, M, N, K, stride_am, stride_ak,
         tl.store(aux_ptr + c_off, (act * act).to(aux_ptr.dtype.element_ty), mask=out_mask)
 
 
+def _set_tma_blocks(nargs: dict) -> None:
+    """Autotune pre-hook: the descriptors' block shapes follow the config being tried."""
+    bm, bn, bk = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["BLOCK_K"]
+    nargs["a_desc"].block_shape = [bm, bk]
+    nargs["b_desc"].block_shape = [bk, bn] if nargs["B_KN"] else [bn, bk]
+    nargs["c_desc"].block_shape = [bm, bn // 2]
+    nargs["aux_desc"].block_shape = [bm, bn // 2]
+
+
+TMA_CONFIGS = [
+    triton.Config({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_stages=4, num_warps=8,
+                  pre_hook=_set_tma_blocks),
+    triton.Config({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_stages=3, num_warps=8,
+                  pre_hook=_set_tma_blocks),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_stages=3, num_warps=8,
+                  pre_hook=_set_tma_blocks),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_stages=4, num_warps=4,
+                  pre_hook=_set_tma_blocks),
+]
+
+
+@triton.jit
+def _epilogue_half(acc, c_desc, aux_desc, off_m, off_n, slope, BACKWARD: tl.constexpr):
+    """Store one (BLOCK_M, BLOCK_N / 2) half of the output tile with the activation (see the module formulas)."""
+    if BACKWARD:
+        pre = aux_desc.load([off_m, off_n]).to(tl.float32)
+        grad = acc * tl.where(pre > 0, 2.0 * pre, (2.0 * slope * slope) * pre)
+        c_desc.store([off_m, off_n], grad.to(c_desc.dtype))
+    else:
+        pre = acc.to(c_desc.dtype)
+        c_desc.store([off_m, off_n], pre)
+        p = pre.to(tl.float32)
+        act = tl.where(p > 0, p, slope * p)
+        aux_desc.store([off_m, off_n], (act * act).to(aux_desc.dtype))
+
+
+@triton.autotune(configs=TMA_CONFIGS, key=["M", "N", "K", "BACKWARD", "B_KN"])
+@triton.jit
+def gemm_act_tma_kernel(a_desc, b_desc, c_desc, aux_desc, M, N, K, slope, NUM_SMS: tl.constexpr,
+                        BACKWARD: tl.constexpr, B_KN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                        BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """B_KN: b_desc is over B^T (K x N, unit-stride rows), else over B (N x K)."""
+    tiles_m, tiles_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * tiles_n
+    for tile in tl.range(tl.program_id(0), tiles_m * tiles_n, NUM_SMS, flatten=True):
+        first_m = (tile // per_group) * GROUP_M
+        rows_in_group = tl.minimum(tiles_m - first_m, GROUP_M)
+        off_m = (first_m + (tile % per_group) % rows_in_group) * BLOCK_M
+        off_n = ((tile % per_group) // rows_in_group) * BLOCK_N
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in range(0, tl.cdiv(K, BLOCK_K)):
+            a = a_desc.load([off_m, k * BLOCK_K])
+            if B_KN:
+                acc = tl.dot(a, b_desc.load([k * BLOCK_K, off_n]), acc)
+            else:
+                acc = tl.dot(a, b_desc.load([off_n, k * BLOCK_K]).T, acc)
+        left, right = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+        _epilogue_half(left, c_desc, aux_desc, off_m, off_n, slope, BACKWARD)
+        _epilogue_half(right, c_desc, aux_desc, off_m, off_n + BLOCK_N // 2, slope, BACKWARD)
+
+
+def _unit_rows(t: torch.Tensor) -> bool:
+    """A 2-D tensor TMA can read: unit stride along rows, 16-byte aligned base and row pitch."""
+    return t.stride(1) == 1 and (t.stride(0) * t.element_size()) % 16 == 0 and t.data_ptr() % 16 == 0
+
+
+def tma_layout(a: torch.Tensor, b: torch.Tensor) -> bool | None:
+    """None when the TMA kernel cannot run on these operands (no descriptors, TMA-unfriendly strides); else B_KN,
+    whether b is read as B^T (b = W_proj^T, a transposed view, in the backward)."""
+    if TensorDescriptor is None or not _unit_rows(a):
+        return None
+    if _unit_rows(b):
+        return False
+    return True if _unit_rows(b.t()) else None
+
+
+def _use_tma(a: torch.Tensor) -> bool:
+    """The TMA kernel by default on Hopper and later; PGOLF_FUSED_MLP_TMA=0 forces the pointer kernel (A/B runs)."""
+    return (a.is_cuda and torch.cuda.get_device_capability(a.device)[0] >= 9
+            and os.environ.get("PGOLF_FUSED_MLP_TMA", "1") != "0")
+
+
 def gemm_act(a: torch.Tensor, b: torch.Tensor, slope: float, aux: torch.Tensor | None = None,
-             config: triton.Config | None = None) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+             config: triton.Config | None = None, tma: bool | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
     """Forward (aux None): (pre, post) = (a b^T, leaky(pre)^2). Backward: (a b^T) * act'(aux), aux = pre.
-    `config`: launch with these tiles instead of the autotuned choice (sweeps; TRITON_INTERPRET=1 on CPU, where
-    the autotuner has no device to time on)."""
+    `tma`: None picks the TMA kernel where it can run (Hopper, `tma_layout`), else the pointer kernel; True or False
+    forces one. `config`: launch with these tiles (one of TMA_CONFIGS or CONFIGS) instead of the autotuned choice
+    (sweeps; TRITON_INTERPRET=1 on CPU, where the autotuner has no device to time on)."""
     M, K = a.shape
     N, K2 = b.shape
     if K != K2 or K % 64:
@@ -84,6 +181,36 @@ def gemm_act(a: torch.Tensor, b: torch.Tensor, slope: float, aux: torch.Tensor |
         aux = torch.empty_like(c)
     elif aux.shape != c.shape or aux.stride() != c.stride():
         raise ValueError(f"fused_mlp kernel: aux {tuple(aux.shape)} must be a contiguous ({M}, {N}) tensor")
+    b_kn = tma_layout(a, b)
+    if tma and b_kn is None:
+        raise ValueError(f"fused_mlp kernel: strides a {a.stride()}, b {b.stride()} cannot be read through TMA")
+    if b_kn is not None and (tma or (tma is None and _use_tma(a))):
+        _launch_tma(a, b, c, aux, b_kn, slope, backward, config)
+    else:
+        _launch_pointer(a, b, c, aux, slope, backward, config)
+    return c if backward else (c, aux)
+
+
+def _launch_tma(a, b, c, aux, b_kn: bool, slope: float, backward: bool, config: triton.Config | None) -> None:
+    (M, K), N = a.shape, b.shape[0]
+    sms = torch.cuda.get_device_properties(a.device).multi_processor_count if a.is_cuda else 4
+    descs = [TensorDescriptor.from_tensor(t, [64, 64]) for t in (a, b.t() if b_kn else b, c, aux)]  # see pre_hook
+
+    def grid(meta):
+        return (min(sms, triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])),)
+
+    args, flags = (*descs, M, N, K, float(slope)), {"NUM_SMS": sms, "BACKWARD": backward, "B_KN": b_kn}
+    if config is None:
+        gemm_act_tma_kernel[grid](*args, **flags)
+        return
+    config.pre_hook({"a_desc": descs[0], "b_desc": descs[1], "c_desc": descs[2], "aux_desc": descs[3], **flags,
+                     **config.kwargs})
+    gemm_act_tma_kernel.fn[grid(config.kwargs)](*args, **flags, **config.kwargs, num_warps=config.num_warps,
+                                                num_stages=config.num_stages)
+
+
+def _launch_pointer(a, b, c, aux, slope: float, backward: bool, config: triton.Config | None) -> None:
+    (M, K), N = a.shape, b.shape[0]
 
     def grid(meta):
         return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
@@ -95,4 +222,3 @@ def gemm_act(a: torch.Tensor, b: torch.Tensor, slope: float, aux: torch.Tensor |
     else:
         gemm_act_kernel.fn[grid(config.kwargs)](*args, BACKWARD=backward, **config.kwargs,
                                                   num_warps=config.num_warps, num_stages=config.num_stages)
-    return c if backward else (c, aux)

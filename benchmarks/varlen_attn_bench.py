@@ -1,0 +1,200 @@
+"""Micro-benchmark of document-isolated causal attention, forward + backward (issue 5): FlashAttention-2 varlen
+(what pgolf's attn_backend=varlen and record #1855 through the shim both run) against cuDNN's ragged attention.
+
+    python3 benchmarks/varlen_attn_bench.py --data data/proxy_sp8192 --out $OUT/varlen_attn_bench.json   # GPU
+    python3 benchmarks/varlen_attn_bench.py --device cpu --rows 512 --out /tmp/a.json   # only checks the batches
+
+One step = ``y = attn(q, k, v, cu); y.backward(g)`` on packed (N, H, D) bf16 tensors, N = 48 x 2048 tokens,
+H = 8 query heads, 4 K/V heads, D = 64 (#1855's attention at one micro-batch). The segments of each batch are those
+pgolf's loader gives: cut at every BOS of the training shard and at every 2048-token row start, the offsets padded
+with empty segments to a fixed count (so one compiled graph serves every batch). The steps cycle through
+--batches different windows of the shard, so per-shape plan caches are exercised as in training. Variants:
+
+    fa2_varlen    torch.nn.attention.varlen.varlen_attn, K/V heads native (enable_gqa) or repeated
+    cudnn_ragged  aten._cudnn_attention_forward/backward with cum_seq offsets, K/V heads repeated to 8
+                  (its ragged path takes equal head counts), max_seqlen = the row length
+    cudnn_ragged_unpadded  the same on the offsets without the padding (a varying segment count per batch)
+    cudnn_njt     F.scaled_dot_product_attention on jagged nested tensors (torch.nested), cuDNN backend forced:
+                  PyTorch's own route to the same kernel, unpadded offsets, K/V heads repeated
+
+Reported per variant: median ms per step, the largest output and gradient difference from fa2_varlen relative to
+its largest value, or the error a variant raised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from step_timer import bench_cli, time_steps
+
+VARIANTS = ("fa2_varlen", "cudnn_ragged", "cudnn_ragged_unpadded", "cudnn_njt")
+
+
+def segment_batches(tokens: np.ndarray, rows: int, seq_len: int, bos_id: int, count: int, pad_to: int
+                    ) -> list[torch.Tensor]:
+    """int32 offsets of `count` consecutive (rows x seq_len)-token windows: a segment starts at every BOS and every
+    row start; each padded to `pad_to` entries with the window's length (empty segments), as pgolf's loader does."""
+    n = rows * seq_len
+    out = []
+    for i in range(count):
+        window = tokens[i * n:(i + 1) * n]
+        if window.size < n:
+            raise ValueError(f"the shard holds {tokens.size} tokens, fewer than {count} windows of {n}")
+        starts = np.union1d(np.flatnonzero(window == bos_id), np.arange(0, n, seq_len))
+        cu = np.concatenate((starts, [n])).astype(np.int32)
+        if cu.size > pad_to:
+            raise ValueError(f"window {i} has {cu.size} offsets, more than --pad-to {pad_to}")
+        out.append(torch.from_numpy(np.concatenate((cu, np.full(pad_to - cu.size, n, np.int32)))))
+    return out
+
+
+def synthetic_tokens(n: int, mean_doc: int, bos_id: int, seed: int = 0) -> np.ndarray:
+    """A stand-in shard where no data is given: documents of geometric length with the given mean."""
+    rng = np.random.default_rng(seed)
+    toks = rng.integers(4, 1000, size=n).astype(np.int32)
+    toks[np.cumsum(rng.geometric(1 / mean_doc, size=n // mean_doc * 2))[: n // mean_doc] % n] = bos_id
+    return toks
+
+
+class CudnnRagged(torch.autograd.Function):
+    """cuDNN ragged attention through the aten ops PyTorch's nested-tensor SDPA calls (causal, no dropout)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cu, max_len):
+        out, lse, _, _, _, _, seed, offset, _ = torch.ops.aten._cudnn_attention_forward(
+            q, k, v, None, cu, cu, max_len, max_len, True, 0.0, True, False)
+        ctx.save_for_backward(q, k, v, out, lse, seed, offset, cu)
+        ctx.max_len = max_len
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        q, k, v, out, lse, seed, offset, cu = ctx.saved_tensors
+        dq, dk, dv = torch.ops.aten._cudnn_attention_backward(
+            g.contiguous(), q, k, v, out, lse, seed, offset, torch.empty(0, device=q.device), cu, cu, ctx.max_len,
+            ctx.max_len, 0.0, True)
+        return dq, dk, dv, None, None
+
+
+def make_fn(variant: str, heads: int, seq_len: int):
+    if variant == "fa2_varlen":
+        from pgolf.model.attn_backends import require_varlen
+
+        fn, causal, native_gqa = require_varlen()
+
+        def fa2(q, k, v, cu):
+            if native_gqa:
+                return fn(q, k, v, cu, cu, seq_len, seq_len, **causal, enable_gqa=k.size(1) != heads)
+            return fn(q, k.repeat_interleave(heads // k.size(1), 1), v.repeat_interleave(heads // v.size(1), 1),
+                      cu, cu, seq_len, seq_len, **causal)
+        return fa2
+
+    def cudnn(q, k, v, cu):
+        rep = heads // k.size(1)
+        return CudnnRagged.apply(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), cu, seq_len)
+
+    def njt(q, k, v, cu):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        rep, offsets = heads // k.size(1), cu.long()
+        jag = [torch.nested.nested_tensor_from_jagged(t, offsets, min_seqlen=1, max_seqlen=seq_len).transpose(1, 2)
+               for t in (q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1))]
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+            out = torch.nn.functional.scaled_dot_product_attention(*jag, is_causal=True)
+        return out.transpose(1, 2).values()
+    return njt if variant == "cudnn_njt" else cudnn
+
+
+def run(args) -> dict:
+    device = torch.device(args.device)
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    n = args.rows * args.seq_len
+    if args.data:
+        from pgolf.data.shards import read_shard
+
+        shard = sorted(Path(args.data).glob("fineweb_train_*.bin"))[0]
+        tokens, source = read_shard(shard), str(shard)
+    else:
+        tokens, source = synthetic_tokens(n * args.batches, 123, args.bos_id), "synthetic (mean 123 tokens)"
+    cus = [c.to(device) for c in segment_batches(tokens, args.rows, args.seq_len, args.bos_id, args.batches,
+                                                 args.pad_to)]
+    lens = torch.cat([c.diff() for c in cus]).float()
+    gen = torch.Generator(device=device).manual_seed(0)
+    q = torch.randn(n, args.heads, args.head_dim, device=device, dtype=dtype, generator=gen).requires_grad_()
+    k = torch.randn(n, args.kv_heads, args.head_dim, device=device, dtype=dtype, generator=gen).requires_grad_()
+    v = torch.randn(n, args.kv_heads, args.head_dim, device=device, dtype=dtype, generator=gen).requires_grad_()
+    g = torch.randn(n, args.heads, args.head_dim, device=device, dtype=dtype, generator=gen)
+    results, outputs = [], {}
+    for variant in args.variants:
+        if device.type != "cuda":
+            results.append({"variant": variant, "error": "needs CUDA (batches were built and checked)"})
+            continue
+        fn, calls = make_fn(variant, args.heads, args.seq_len), [0]
+
+        def step():
+            cu = cus[calls[0] % len(cus)]
+            unpadded = variant.endswith(("unpadded", "njt"))
+            out = fn(q, k, v, cu[: int((cu < n).sum()) + 1] if unpadded else cu)
+            calls[0] += 1
+            out.backward(g)
+            return out.detach(), q.grad.detach(), k.grad.detach(), v.grad.detach()
+
+        def reset():
+            for t in (q, k, v):
+                t.grad = None
+
+        try:
+            r = time_steps(step, device, args.warmup, args.iters - args.iters % len(cus) or len(cus), reset=reset)
+            calls[0] = 0
+            reset()
+            r["check"] = step()  # on the first batch, for the comparison below
+        except Exception as e:  # noqa: BLE001 (a variant that cannot run here is reported, not fatal)
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            r = {"error": f"{type(e).__name__}: {str(e)[:300]} (at {Path(where.filename).name}:{where.lineno})"}
+        r.pop("last", None)
+        if "error" not in r:
+            outputs[variant] = r.pop("check")
+        results.append({"variant": variant, **r})
+        print(f"{variant:13s} " + (f"{r['ms_median']:8.3f} ms  peak {r['peak_mib']} MiB" if "error" not in r
+                                   else r["error"]), flush=True)
+    ref = outputs.get("fa2_varlen")
+    for r in results:
+        if ref is not None and r["variant"] in outputs:
+            r["max_rel_diff_vs_fa2"] = {name: float((a.float() - b.float()).abs().max() / b.float().abs().max())
+                                        for name, a, b in zip(("out", "dq", "dk", "dv"), outputs[r["variant"]], ref)}
+    base = next((b for b in results if b["variant"] == "fa2_varlen" and "error" not in b), None)
+    for r in results:
+        if base and "error" not in r:
+            r["speedup_vs_fa2"] = round(base["ms_median"] / r["ms_median"], 3)
+    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "torch": torch.__version__, "tokens": n, "heads": args.heads, "kv_heads": args.kv_heads,
+            "head_dim": args.head_dim, "source": source, "batches": len(cus), "pad_to": args.pad_to,
+            "segments_mean_len": round(lens[lens > 0].mean().item(), 1), "segments_max_len": int(lens.max()),
+            "warmup": args.warmup, "iters": args.iters, "results": results}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", type=Path, default=None, help="a data folder (its first train shard); else synthetic")
+    p.add_argument("--rows", type=int, default=48)
+    p.add_argument("--seq-len", type=int, default=2048)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--kv-heads", type=int, default=4)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--bos-id", type=int, default=1)
+    p.add_argument("--batches", type=int, default=8, help="distinct windows the steps cycle through")
+    p.add_argument("--pad-to", type=int, default=2048, help="offsets per batch after padding with empty segments")
+    return bench_cli(p, argv, run, VARIANTS)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
