@@ -20,6 +20,7 @@ model widths are multiples of 64). Two kernels compute the same thing:
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -191,9 +192,14 @@ def gemm_act(a: torch.Tensor, b: torch.Tensor, slope: float, aux: torch.Tensor |
     return c if backward else (c, aux)
 
 
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
 def _launch_tma(a, b, c, aux, b_kn: bool, slope: float, backward: bool, config: triton.Config | None) -> None:
     (M, K), N = a.shape, b.shape[0]
-    sms = torch.cuda.get_device_properties(a.device).multi_processor_count if a.is_cuda else 4
+    sms = _sm_count(a.device.index if a.device.index is not None else torch.cuda.current_device()) if a.is_cuda else 4
     descs = [TensorDescriptor.from_tensor(t, [64, 64]) for t in (a, b.t() if b_kn else b, c, aux)]  # see pre_hook
 
     def grid(meta):
