@@ -114,6 +114,19 @@ def make_fn(variant: str, heads: int, seq_len: int):
     return njt if variant == "cudnn_njt" else cudnn
 
 
+def cycling_step(fn, tensors, cus: list[torch.Tensor], unpadded: bool):
+    """One forward + backward per call, on the next batch's offsets (without their padding when `unpadded`)."""
+    q, k, v, g = tensors
+    calls = iter(range(1 << 62))
+
+    def step():
+        cu = cus[next(calls) % len(cus)]
+        out = fn(q, k, v, cu[: int((cu < cu[-1]).sum()) + 1] if unpadded else cu)
+        out.backward(g)
+        return out.detach(), q.grad.detach(), k.grad.detach(), v.grad.detach()
+    return step
+
+
 def run(args) -> dict:
     device = torch.device(args.device)
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
@@ -121,7 +134,7 @@ def run(args) -> dict:
     if args.data:
         from pgolf.data.shards import read_shard
 
-        shard = sorted(Path(args.data).glob("fineweb_train_*.bin"))[0]
+        shard = min(Path(args.data).glob("fineweb_train_*.bin"))
         tokens, source = read_shard(shard), str(shard)
     else:
         tokens, source = synthetic_tokens(n * args.batches, 123, args.bos_id), "synthetic (mean 123 tokens)"
@@ -138,25 +151,16 @@ def run(args) -> dict:
         if device.type != "cuda":
             results.append({"variant": variant, "error": "needs CUDA (batches were built and checked)"})
             continue
-        fn, calls = make_fn(variant, args.heads, args.seq_len), [0]
-
-        def step():
-            cu = cus[calls[0] % len(cus)]
-            unpadded = variant.endswith(("unpadded", "njt"))
-            out = fn(q, k, v, cu[: int((cu < n).sum()) + 1] if unpadded else cu)
-            calls[0] += 1
-            out.backward(g)
-            return out.detach(), q.grad.detach(), k.grad.detach(), v.grad.detach()
-
         def reset():
             for t in (q, k, v):
                 t.grad = None
 
         try:
-            r = time_steps(step, device, args.warmup, args.iters - args.iters % len(cus) or len(cus), reset=reset)
-            calls[0] = 0
+            fn, unpadded = make_fn(variant, args.heads, args.seq_len), variant.endswith(("unpadded", "njt"))
+            r = time_steps(cycling_step(fn, (q, k, v, g), cus, unpadded), device, args.warmup,
+                           args.iters - args.iters % len(cus) or len(cus), reset=reset)
             reset()
-            r["check"] = step()  # on the first batch, for the comparison below
+            r["check"] = cycling_step(fn, (q, k, v, g), cus, unpadded)()  # on the first batch, compared below
         except Exception as e:  # noqa: BLE001 (a variant that cannot run here is reported, not fatal)
             where = traceback.extract_tb(e.__traceback__)[-1]
             r = {"error": f"{type(e).__name__}: {str(e)[:300]} (at {Path(where.filename).name}:{where.lineno})"}

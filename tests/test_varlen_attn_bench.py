@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-import varlen_attn_bench as bench  # noqa: E402
+import varlen_attn_bench as bench
 
 
 def test_segments_start_at_every_bos_and_row_start_and_are_padded():

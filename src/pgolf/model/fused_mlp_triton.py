@@ -13,8 +13,8 @@ model widths are multiples of 64). Two kernels compute the same thing:
 
     gemm_act_tma_kernel  Hopper and later: persistent (one program per SM walks the tiles), operands read through
                          TMA tensor descriptors, the epilogue written in two column halves; needs unit-stride rows
-                         of A and of B or B^T, 16-byte aligned. Why: in one H100 profile of #1855's shapes the
-                         record's TMA kernel took 0.49 ms per call, the pointer kernel below 0.60 (issue 5)
+                         of A and of B or B^T, 16-byte aligned. Why: in one H100 profile at #1855's shapes the
+                         record's TMA kernel took 0.49 ms per call, the pointer kernel 0.60 (issue 5)
     gemm_act_kernel      any other case: pointer loads with masks, any strides
 """
 
@@ -133,7 +133,7 @@ def gemm_act_tma_kernel(a_desc, b_desc, c_desc, aux_desc, M, N, K, slope, NUM_SM
         off_m = (first_m + (tile % per_group) % rows_in_group) * BLOCK_M
         off_n = ((tile % per_group) // rows_in_group) * BLOCK_N
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k in range(0, tl.cdiv(K, BLOCK_K)):
+        for k in range(tl.cdiv(K, BLOCK_K)):
             a = a_desc.load([off_m, k * BLOCK_K])
             if B_KN:
                 acc = tl.dot(a, b_desc.load([k * BLOCK_K, off_n]), acc)
@@ -151,7 +151,7 @@ def _unit_rows(t: torch.Tensor) -> bool:
 
 def tma_layout(a: torch.Tensor, b: torch.Tensor) -> bool | None:
     """None when the TMA kernel cannot run on these operands (no descriptors, TMA-unfriendly strides); else B_KN,
-    whether b is read as B^T (b = W_proj^T, a transposed view, in the backward)."""
+    whether b is read as B^T (b a transposed view of a row-major K x N matrix, e.g. W_proj.t() without a copy)."""
     if TensorDescriptor is None or not _unit_rows(a):
         return None
     if _unit_rows(b):
@@ -193,13 +193,13 @@ def gemm_act(a: torch.Tensor, b: torch.Tensor, slope: float, aux: torch.Tensor |
 
 
 @functools.cache
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _launch_tma(a, b, c, aux, b_kn: bool, slope: float, backward: bool, config: triton.Config | None) -> None:
     (M, K), N = a.shape, b.shape[0]
-    sms = _sm_count(a.device.index if a.device.index is not None else torch.cuda.current_device()) if a.is_cuda else 4
+    sms = _sm_count(a.device) if a.is_cuda else 4  # 4 programs in the interpreter
     descs = [TensorDescriptor.from_tensor(t, [64, 64]) for t in (a, b.t() if b_kn else b, c, aux)]  # see pre_hook
 
     def grid(meta):
