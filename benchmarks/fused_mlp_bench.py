@@ -27,6 +27,7 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +67,25 @@ def make_fn(variant: str, record_script: Path | None = None):
     return torch.compile(fn, fullgraph=True, dynamic=False) if "compiled" in variant else fn
 
 
+def time_variant(variant: str, args, params: tuple, g) -> dict:
+    """time_steps of one variant, or {"error": ...} when it cannot run here (reported, not fatal)."""
+    def reset():
+        for p in params:
+            p.grad = None
+
+    try:
+        fn = make_fn(variant, args.record_script)
+
+        def step():
+            out = fn(*params, args.slope)
+            out.backward(g)
+            return out.detach()
+
+        return time_steps(step, torch.device(args.device), args.warmup, args.iters, reset=reset)
+    except Exception as e:  # noqa: BLE001
+        return {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+
+
 def run(args) -> dict:
     device = torch.device(args.device)
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
@@ -76,48 +96,24 @@ def run(args) -> dict:
     w_proj = (torch.randn(args.dim, hidden, device=device, dtype=dtype, generator=gen) * hidden ** -0.5
               ).requires_grad_()
     g = torch.randn(args.rows, args.dim, device=device, dtype=dtype, generator=gen)
-    params = (x, w_fc, w_proj)
     flops = 6 * 2 * args.rows * args.dim * hidden  # 2 GEMMs forward, 4 backward
     results, outputs = [], {}
-    tma_env = os.environ.get("PGOLF_FUSED_MLP_TMA")
     for variant in args.variants + (["record"] if args.record_script else []):
         torch._dynamo.reset()
-        os.environ["PGOLF_FUSED_MLP_TMA"] = "0" if variant == "fused_compiled_pointer" else "1"
-        try:
-            fn = make_fn(variant, args.record_script)
-        except Exception as e:  # noqa: BLE001 (reported like a variant that cannot run)
-            results.append({"variant": variant, "error": f"{type(e).__name__}: {str(e)[:300]}"})
-            continue
-
-        def step():
-            out = fn(x, w_fc, w_proj, args.slope)
-            out.backward(g)
-            return out.detach()
-
-        def reset():
-            for p in params:
-                p.grad = None
-
-        try:
-            r = time_steps(step, device, args.warmup, args.iters, reset=reset)
-        except Exception as e:  # noqa: BLE001 (a variant that cannot run here is reported, not fatal)
-            r = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+        with mock.patch.dict(os.environ, {"PGOLF_FUSED_MLP_TMA": "0" if variant.endswith("pointer") else "1"}):
+            r = time_variant(variant, args, (x, w_fc, w_proj), g)
         if "error" not in r:
             outputs[variant] = r.pop("last")
             r["tflops"] = round(flops / (r["ms_median"] * 1e-3) / 1e12, 1)
         results.append({"variant": variant, **r})
         print(f"{variant:15s} " + (f"{r['ms_median']:9.3f} ms  {r['tflops']:6.1f} TFLOP/s  peak {r['peak_mib']} MiB"
                                    if "error" not in r else r["error"]), flush=True)
-    if tma_env is None:
-        os.environ.pop("PGOLF_FUSED_MLP_TMA", None)
-    else:
-        os.environ["PGOLF_FUSED_MLP_TMA"] = tma_env
     ref = outputs.get("compiled")
+    base = next((b for b in results if b["variant"] == "compiled" and "error" not in b), None)
     for r in results:
         if ref is not None and r["variant"] in outputs:
             r["max_rel_diff_vs_compiled"] = float((outputs[r["variant"]].float() - ref.float()).abs().max()
                                                   / ref.float().abs().max())
-        base = next((b for b in results if b["variant"] == "compiled" and "error" not in b), None)
         if base and "error" not in r:
             r["speedup_vs_compiled"] = round(base["ms_median"] / r["ms_median"], 3)
     return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
