@@ -10,7 +10,8 @@
 # ab:<variants>       benchmarks/ab_proxy.py --suite issue4 --only <variants> (ab5: the same for --suite issue5)
 # quant:<variant>:<schemes>  benchmarks/quant_table.py on the newest runs/ab-<variant>-* model
 # fusedce              GPU tests of model/fused_ce.py and benchmarks/fused_ce_bench.py --sweep
-# fusedmlp             GPU tests of model/fused_mlp.py and benchmarks/fused_mlp_bench.py (#1855's MLP, one micro-batch)
+# fusedmlp             GPU tests of model/fused_mlp.py and benchmarks/fused_mlp_bench.py --sweep (#1855's MLP, one
+#                      micro-batch; with the record's own kernel when .peers/pr1855_train_gpt.py is carried)
 # data:<tokenizer>     also build data/proxy_<tokenizer> (e.g. sp8192, from .carry/tok/proxy_sp8192.model)
 # profile:<preset>[:<tokenizer>]  40 s proxy run with train.profile_steps=20 -> $OUT/profile_<preset>.json
 set -uo pipefail
@@ -48,7 +49,8 @@ for job in "$@"; do
     fusedmlp)
       python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_fused_mlp.py > "$OUT/fused_mlp_gputests.log" 2>&1
       tail -3 "$OUT/fused_mlp_gputests.log"
-      python3 benchmarks/fused_mlp_bench.py --out "$OUT/fused_mlp_bench.json" 2>&1 | tail -5 ;;
+      rec=(); [ -f .peers/pr1855_train_gpt.py ] && rec=(--record-script .peers/pr1855_train_gpt.py)
+      python3 benchmarks/fused_mlp_bench.py --sweep "${rec[@]}" --out "$OUT/fused_mlp_bench.json" 2>&1 | tail -16 ;;
     data:*)
       tok="${job#data:}"
       python3 -m pgolf data build --corpus proxy --tokenizer "$tok" --docs-dir .carry/proxy_docs \

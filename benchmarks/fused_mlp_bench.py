@@ -1,6 +1,7 @@
 """Micro-benchmark of the (leaky) relu² MLP, forward + backward (issue 5): the fused kernel against inductor.
 
     python3 benchmarks/fused_mlp_bench.py --out $OUT/fused_mlp_bench.json          # GPU: 98,304 x 512 -> 2048 -> 512
+    python3 benchmarks/fused_mlp_bench.py --sweep --out $OUT/fused_mlp_sweep.json  # + each TMA tile config alone
     python3 benchmarks/fused_mlp_bench.py --device cpu --rows 256 --out /tmp/m.json   # logic check on CPU
 
 One step = ``out = MLP(x); out.backward(g)`` with x (N, D) requiring grad and both weights requiring grad, in bf16
@@ -14,6 +15,9 @@ One step = ``out = MLP(x); out.backward(g)`` with x (N, D) requiring grad and bo
     record          with --record-script PATH (e.g. .peers/pr1855_train_gpt.py, see issue5_throughput.sh): that
                     script's own fused MLP autograd function, loaded from the file (benchmarks/shims on the path
                     for its flash_attn_interface import), slope 0.5 only, eager as the record calls it
+
+--sweep also times the GEMM+activation kernel alone (forward: x W_fc^T; backward: g_out W_proj with the pre
+epilogue) at each of fused_mlp_triton.TMA_CONFIGS, forced instead of autotuned, to see what the autotuner left.
 
 Reported per variant: median and mean ms per step, TFLOP/s (six GEMMs of 2 N D H FLOPs: two forward, four
 backward), peak memory above what was allocated before the step (GPU), and the largest
@@ -86,6 +90,31 @@ def time_variant(variant: str, args, params: tuple, g) -> dict:
         return {"error": f"{type(e).__name__}: {str(e)[:300]}"}
 
 
+def tma_sweep(x, w_fc, w_proj, g, args) -> list[dict]:
+    """ms per call of the forward and backward GEMM+activation at each TMA config (CUDA with triton only)."""
+    if not fm.uses_triton(x):
+        return [{"error": "needs CUDA and triton"}]
+    from pgolf.model import fused_mlp_triton as kern
+
+    try:
+        pre, _ = kern.gemm_act(x, w_fc, args.slope, config=kern.TMA_CONFIGS[0], tma=True)
+    except Exception as e:  # noqa: BLE001 (e.g. a GPU before Hopper: no TMA)
+        return [{"error": f"{type(e).__name__}: {str(e)[:300]}"}]
+    w_proj_t = w_proj.t().contiguous()
+    rows = []
+    for i, cfg in enumerate(kern.TMA_CONFIGS):
+        for kind, call in (("forward", lambda c=cfg: kern.gemm_act(x, w_fc, args.slope, config=c, tma=True)),
+                           ("backward", lambda c=cfg: kern.gemm_act(g, w_proj_t, args.slope, aux=pre, config=c,
+                                                                     tma=True))):
+            r = time_steps(call, torch.device(args.device), args.warmup, args.iters)
+            r.pop("last")
+            rows.append({"config": i, "kind": kind, **cfg.kwargs, "num_stages": cfg.num_stages,
+                         "num_warps": cfg.num_warps, **r})
+            print(f"sweep {kind:8s} {cfg.kwargs} stages={cfg.num_stages} warps={cfg.num_warps} "
+                  f"{r['ms_median']:8.3f} ms", flush=True)
+    return rows
+
+
 def run(args) -> dict:
     device = torch.device(args.device)
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
@@ -108,6 +137,7 @@ def run(args) -> dict:
         results.append({"variant": variant, **r})
         print(f"{variant:15s} " + (f"{r['ms_median']:9.3f} ms  {r['tflops']:6.1f} TFLOP/s  peak {r['peak_mib']} MiB"
                                    if "error" not in r else r["error"]), flush=True)
+    sweep = tma_sweep(x.detach(), w_fc.detach(), w_proj.detach(), g, args) if args.sweep else []
     ref = outputs.get("compiled")
     base = next((b for b in results if b["variant"] == "compiled" and "error" not in b), None)
     for r in results:
@@ -119,7 +149,7 @@ def run(args) -> dict:
     return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "torch": torch.__version__, "triton": fm.HAS_TRITON, "uses_triton": fm.uses_triton(x.detach()),
             "rows": args.rows, "dim": args.dim, "hidden": hidden, "slope": args.slope, "dtype": args.dtype,
-            "warmup": args.warmup, "iters": args.iters, "results": results}
+            "warmup": args.warmup, "iters": args.iters, "results": results, "sweep": sweep}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--mult", type=int, default=4, help="hidden = mult x dim")
     p.add_argument("--slope", type=float, default=0.5)
+    p.add_argument("--sweep", action="store_true", help="also time the TMA kernel alone at each tile config")
     p.add_argument("--record-script", type=Path, default=None,
                    help="also time this record script's fused MLP (variant 'record')")
     return bench_cli(p, argv, run, VARIANTS)

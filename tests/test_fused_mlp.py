@@ -254,10 +254,11 @@ def test_bench_writes_json_on_cpu(tmp_path):
 
     out = tmp_path / "bench.json"
     rc = fused_mlp_bench.main(["--device", "cpu", "--dtype", "fp32", "--rows", "64", "--dim", "64", "--warmup", "1",
-                               "--iters", "2", "--variants", "fused", "--out", str(out)])
+                               "--iters", "2", "--variants", "fused", "--sweep", "--out", str(out)])
     r = json.loads(out.read_text())
     assert rc == 0 and r["hidden"] == 256 and r["uses_triton"] is False
     assert [v["variant"] for v in r["results"]] == ["fused"] and r["results"][0]["ms_median"] > 0
+    assert r["sweep"] == [{"error": "needs CUDA and triton"}]  # the kernel sweep runs on GPU only
 
 
 def test_calibration_hooks_see_the_mlp_inputs_when_fused():
