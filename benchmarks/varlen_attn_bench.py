@@ -34,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from pgolf.model.attn_backends import repeat_kv, require_varlen
 from step_timer import bench_cli, time_steps
 
 VARIANTS = ("fa2_varlen", "cudnn_ragged", "cudnn_ragged_unpadded", "cudnn_njt")
@@ -86,42 +87,37 @@ class CudnnRagged(torch.autograd.Function):
 
 
 def make_fn(variant: str, heads: int, seq_len: int):
+    """attn(q, k, v, cu) on packed (N, H or Hkv, D) tensors; repeat_kv repeats heads along dim 1 as in the model."""
     if variant == "fa2_varlen":
-        from pgolf.model.attn_backends import require_varlen
-
         fn, causal, native_gqa = require_varlen()
 
         def fa2(q, k, v, cu):
             if native_gqa:
                 return fn(q, k, v, cu, cu, seq_len, seq_len, **causal, enable_gqa=k.size(1) != heads)
-            return fn(q, k.repeat_interleave(heads // k.size(1), 1), v.repeat_interleave(heads // v.size(1), 1),
-                      cu, cu, seq_len, seq_len, **causal)
+            return fn(q, *repeat_kv(k, v, heads), cu, cu, seq_len, seq_len, **causal)
         return fa2
 
     def cudnn(q, k, v, cu):
-        rep = heads // k.size(1)
-        return CudnnRagged.apply(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), cu, seq_len)
+        return CudnnRagged.apply(q, *repeat_kv(k, v, heads), cu, seq_len)
 
     def njt(q, k, v, cu):
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        rep, offsets = heads // k.size(1), cu.long()
-        jag = [torch.nested.nested_tensor_from_jagged(t, offsets, min_seqlen=1, max_seqlen=seq_len).transpose(1, 2)
-               for t in (q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1))]
+        jag = [torch.nested.nested_tensor_from_jagged(t, cu.long(), min_seqlen=1, max_seqlen=seq_len).transpose(1, 2)
+               for t in (q, *repeat_kv(k, v, heads))]
         with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
             out = torch.nn.functional.scaled_dot_product_attention(*jag, is_causal=True)
         return out.transpose(1, 2).values()
     return njt if variant == "cudnn_njt" else cudnn
 
 
-def cycling_step(fn, tensors, cus: list[torch.Tensor], unpadded: bool):
-    """One forward + backward per call, on the next batch's offsets (without their padding when `unpadded`)."""
+def cycling_step(fn, tensors, cus: list[torch.Tensor]):
+    """One forward + backward per call, on the next batch's offsets."""
     q, k, v, g = tensors
     calls = iter(range(1 << 62))
 
     def step():
-        cu = cus[next(calls) % len(cus)]
-        out = fn(q, k, v, cu[: int((cu < cu[-1]).sum()) + 1] if unpadded else cu)
+        out = fn(q, k, v, cus[next(calls) % len(cus)])
         out.backward(g)
         return out.detach(), q.grad.detach(), k.grad.detach(), v.grad.detach()
     return step
@@ -140,6 +136,7 @@ def run(args) -> dict:
         tokens, source = synthetic_tokens(n * args.batches, 123, args.bos_id), "synthetic (mean 123 tokens)"
     cus = [c.to(device) for c in segment_batches(tokens, args.rows, args.seq_len, args.bos_id, args.batches,
                                                  args.pad_to)]
+    unpadded_cus = [c[: int((c < c[-1]).sum()) + 1] for c in cus]  # sliced once, off the timed steps
     lens = torch.cat([c.diff() for c in cus]).float()
     gen = torch.Generator(device=device).manual_seed(0)
     q = torch.randn(n, args.heads, args.head_dim, device=device, dtype=dtype, generator=gen).requires_grad_()
@@ -147,20 +144,22 @@ def run(args) -> dict:
     v = torch.randn(n, args.kv_heads, args.head_dim, device=device, dtype=dtype, generator=gen).requires_grad_()
     g = torch.randn(n, args.heads, args.head_dim, device=device, dtype=dtype, generator=gen)
     results, outputs = [], {}
+
+    def reset():
+        for t in (q, k, v):
+            t.grad = None
+
     for variant in args.variants:
         if device.type != "cuda":
             results.append({"variant": variant, "error": "needs CUDA (batches were built and checked)"})
             continue
-        def reset():
-            for t in (q, k, v):
-                t.grad = None
-
         try:
-            fn, unpadded = make_fn(variant, args.heads, args.seq_len), variant.endswith(("unpadded", "njt"))
-            r = time_steps(cycling_step(fn, (q, k, v, g), cus, unpadded), device, args.warmup,
+            fn = make_fn(variant, args.heads, args.seq_len)
+            offsets = unpadded_cus if variant.endswith(("unpadded", "njt")) else cus
+            r = time_steps(cycling_step(fn, (q, k, v, g), offsets), device, args.warmup,
                            args.iters - args.iters % len(cus) or len(cus), reset=reset)
             reset()
-            r["check"] = cycling_step(fn, (q, k, v, g), cus, unpadded)()  # on the first batch, compared below
+            r["check"] = cycling_step(fn, (q, k, v, g), offsets)()  # on the first batch, compared below
         except Exception as e:  # noqa: BLE001 (a variant that cannot run here is reported, not fatal)
             where = traceback.extract_tb(e.__traceback__)[-1]
             r = {"error": f"{type(e).__name__}: {str(e)[:300]} (at {Path(where.filename).name}:{where.lineno})"}
