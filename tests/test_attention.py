@@ -17,7 +17,7 @@ from pgolf.model.attention import CausalSelfAttention, xsa_project_out
 from pgolf.model.attn_backends import (CU_BUCKET, cu_seqlens, doc_causal_mask, doc_ids,
                                        padded_cu_seqlens, segment_bound)
 from pgolf.model.attn_rope import apply_partial_rotary, rope_inv_freq, rope_tables, scaled_inv_freq
-from pgolf.model.gpt import GPT, cast_for_training
+from pgolf.model.gpt import GPT, cast_for_training, cast_parameters_bf16
 from pgolf.model.layers import rms_norm
 from pgolf.optim.policy import policy_for, resolve_policy
 
@@ -133,6 +133,26 @@ def test_rope_tables_equal_layers_rotary_at_full_dims():
     cos0, sin0 = rotary_tables(T, HEAD_DIM, 10000.0, torch.device("cpu"), torch.float32)
     cos1, sin1 = rope_tables(T, rope_inv_freq(HEAD_DIM, 10000.0), torch.float32)
     assert torch.equal(cos0, cos1) and torch.equal(sin0, sin1)
+
+
+@pytest.mark.parametrize("kw", [{}, {"rope_dims": 4}, {"rope_dims": 4, "rope_scaling": "yarn"},
+                                {"rope_scaling": "ntk", "rope_base": 500.0}])
+def test_cached_rope_tables_equal_tables_built_per_call(kw):
+    attn = CausalSelfAttention(cfg(rope_train_seq_len=T, **kw), 0)
+    k = attn.rope_dims
+    assert "rope_cos" not in attn.state_dict()  # a cache, not part of the artifact
+    for t in (1, T // 2, T, 2 * T):  # up to the training length from the cache, past it stretched per call
+        inv, temp = scaled_inv_freq(k, attn.rope_base, attn.rope_scaling, t, T)
+        cos, sin = rope_tables(t, inv, torch.float32)
+        got_cos, got_sin, got_temp = attn.rotary(t, torch.float32)
+        assert got_cos.shape == (1, t, 1, k // 2) and got_temp == temp
+        assert torch.equal(got_cos, cos.transpose(1, 2)) and torch.equal(got_sin, sin.transpose(1, 2))
+    assert attn.rotary(T, torch.bfloat16)[0].dtype == torch.bfloat16
+
+
+def test_rope_tables_follow_the_module_to_another_device_and_scaled_tables_are_built_there():
+    attn = CausalSelfAttention(cfg(rope_train_seq_len=T, rope_scaling="ntk"), 0).to("meta")
+    assert attn.rope_cos.device.type == "meta" and attn.rotary(2 * T, torch.float32)[0].device.type == "meta"
 
 
 # ---------------------------------------------------------------- (2) on at init => identity where promised
@@ -497,6 +517,10 @@ def test_gates_stay_fp32_in_the_training_cast():
     assert control_param("blocks.0.attn.attn_gate_w", m.blocks[0].attn.attn_gate_w)
     assert control_param("blocks.0.attn.xsa_alpha", m.blocks[0].attn.xsa_alpha)
     assert cast_for_training(m, torch.device("cpu")).blocks[0].attn.attn_gate_w.dtype == torch.float32
+    cast_parameters_bf16(m)  # the rule itself, as applied on CUDA
+    assert m.blocks[0].attn.attn_gate_w.dtype == torch.float32 and m.blocks[0].attn.c_q.weight.dtype == torch.float32
+    assert m.tok_emb.weight.dtype == torch.bfloat16
+    assert m.blocks[0].attn.rope_cos.dtype == torch.float32  # buffers are not parameters: the RoPE tables stay fp32
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "flex", "varlen"])

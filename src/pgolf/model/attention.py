@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from pgolf.config import ModelConfig
 from pgolf.model.attn_backends import attend, require_fa3, require_varlen
-from pgolf.model.attn_rope import apply_partial_rotary, rope_tables, scaled_inv_freq
+from pgolf.model.attn_rope import apply_partial_rotary, rope_inv_freq, rope_tables, scaled_inv_freq
 from pgolf.model.layers import CastedLinear, rms_norm
 from pgolf.model.patterns import parse_layers
 
@@ -57,6 +57,12 @@ class CausalSelfAttention(nn.Module):
         self.rope_base = cfg.rope_base
         self.rope_dims = cfg.rope_dims or cfg.head_dim
         self.rope_scaling, self.rope_train_len = cfg.rope_scaling, cfg.rope_train_seq_len
+        # cos/sin up to the training length, computed once: every scaling is the identity there, and a compiled
+        # step then reads a (T, k/2) table instead of recomputing cos/sin in its kernels (as record #1855 caches
+        # them). fp32, not in the state dict; laid out (1, T, 1, k/2) for q/k in (B, T, H, hd).
+        cos, sin = rope_tables(self.rope_train_len, rope_inv_freq(self.rope_dims, self.rope_base), torch.float32)
+        self.register_buffer("rope_cos", cos.transpose(1, 2).contiguous(), persistent=False)
+        self.register_buffer("rope_sin", sin.transpose(1, 2).contiguous(), persistent=False)
         self.backend = cfg.attn_backend
         if self.backend == "fa3":
             require_fa3()  # fail at build time, not at the first forward
@@ -92,22 +98,33 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: Tensor, ctx: Any = None) -> Tensor:
         """x: normed block input (B, T, d); ctx: from `attn_backends.build_attn_context` (None = plain causal)."""
         B, T, D = x.shape
-        q = self.c_q(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        k = self.c_k(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
-        v = self.c_v(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        # Norm, rotary and gain act in the projections' own layout (B, T, H, hd); attention gets transposed views,
+        # which the segment kernels (varlen, fa3) flatten to (B*T, H, hd) without a copy.
+        q = self.c_q(x).view(B, T, self.num_heads, self.head_dim)
+        k = self.c_k(x).view(B, T, self.num_kv_heads, self.head_dim)
+        v = self.c_v(x).view(B, T, self.num_kv_heads, self.head_dim)
         q, k = rms_norm(q), rms_norm(k)
-        inv_freq, temp = scaled_inv_freq(self.rope_dims, self.rope_base, self.rope_scaling, T, self.rope_train_len,
-                                         x.device)
-        cos, sin = rope_tables(T, inv_freq, q.dtype)
+        cos, sin, temp = self.rotary(T, q.dtype)
         q, k = apply_partial_rotary(q, cos, sin, self.rope_dims), apply_partial_rotary(k, cos, sin, self.rope_dims)
         gain = self.q_gain if temp == 1.0 else self.q_gain * temp  # YaRN temperature; T is static under compile
-        q = q * gain.to(q.dtype)[None, :, None, None]
-        y = attend(q, k, v, ctx, self.backend)  # (B, H, T, hd)
+        q = q * gain.to(q.dtype)[None, None, :, None]
+        v = v.transpose(1, 2)
+        y = attend(q.transpose(1, 2), k.transpose(1, 2), v, ctx, self.backend)  # (B, H, T, hd)
         if self.use_xsa:
             y = xsa_project_out(y, v, torch.tanh(self.xsa_alpha).to(y.dtype) if self.xsa_gated else None)
         if self.gate_kind != "none":
             y = y * self._gate(x).transpose(1, 2)[..., None]
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
+
+    def rotary(self, T: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, float]:
+        """cos, sin of shape (1, T, 1, k/2) and the YaRN logit factor: the cached tables up to the training
+        length, else tables for T stretched by ``rope_scaling`` (T is static under compile: no graph break)."""
+        if T <= self.rope_train_len:
+            return self.rope_cos[:, :T].to(dtype), self.rope_sin[:, :T].to(dtype), 1.0
+        inv_freq, temp = scaled_inv_freq(self.rope_dims, self.rope_base, self.rope_scaling, T, self.rope_train_len,
+                                         self.rope_cos.device)
+        cos, sin = rope_tables(T, inv_freq, dtype)
+        return cos.transpose(1, 2), sin.transpose(1, 2), temp
 
     def _gate(self, x: Tensor) -> Tensor:
         """Per-head multiplier (B, T, H) from the normed block input."""

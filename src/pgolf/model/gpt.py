@@ -188,12 +188,14 @@ def cast_for_training(model: GPT, device: torch.device) -> GPT:
     On CPU everything stays fp32. Applies the model's SDPA kernel order (model.sdpa_priority) to the process."""
     apply_sdpa_priority(model.cfg.sdpa_priority)
     model = model.to(device)
-    if device.type != "cuda":
-        return model
-    model.bfloat16()
+    return cast_parameters_bf16(model) if device.type == "cuda" else model
+
+
+def cast_parameters_bf16(model: GPT) -> GPT:
+    """bf16 parameters except linear weights and control tensors (fp32); buffers (RoPE tables) stay fp32."""
     for name, p in model.named_parameters():
-        if isinstance(_owner(model, name), CastedLinear) or control_param(name, p):
-            p.data = p.data.float()
+        keep_fp32 = isinstance(_owner(model, name), CastedLinear) or control_param(name, p)
+        p.data = p.data.float() if keep_fp32 else p.data.bfloat16()
     return model
 
 
