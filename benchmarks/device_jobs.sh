@@ -50,7 +50,7 @@ for job in "$@"; do
       python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_fused_mlp.py > "$OUT/fused_mlp_gputests.log" 2>&1
       tail -3 "$OUT/fused_mlp_gputests.log"
       rec=(); [ -f .peers/pr1855_train_gpt.py ] && rec=(--record-script .peers/pr1855_train_gpt.py)
-      python3 benchmarks/fused_mlp_bench.py --sweep "${rec[@]}" --out "$OUT/fused_mlp_bench.json" 2>&1 | tail -16 ;;
+      python3 benchmarks/fused_mlp_bench.py --sweep --kernels 5 "${rec[@]}" --out "$OUT/fused_mlp_bench.json" 2>&1 | tail -16 ;;
     data:*)
       tok="${job#data:}"
       python3 -m pgolf data build --corpus proxy --tokenizer "$tok" --docs-dir .carry/proxy_docs \

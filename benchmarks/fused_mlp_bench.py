@@ -17,7 +17,9 @@ One step = ``out = MLP(x); out.backward(g)`` with x (N, D) requiring grad and bo
                     for its flash_attn_interface import), slope 0.5 only, eager as the record calls it
 
 --sweep also times the GEMM+activation kernel alone (forward: x W_fc^T; backward: g_out W_proj with the pre
-epilogue) at each of fused_mlp_triton.TMA_CONFIGS, forced instead of autotuned, to see what the autotuner left.
+epilogue) at each of fused_mlp_triton.TMA_CONFIGS, forced instead of autotuned, to see what the autotuner left (a
+config that does not fit the GPU, e.g. in shared memory, is reported with its error). --kernels N profiles N more
+steps of each variant and lists its kernels (µs per step), to split a gap between kernels and what surrounds them.
 
 Reported per variant: median and mean ms per step, TFLOP/s (six GEMMs of 2 N D H FLOPs: two forward, four
 backward), peak memory above what was allocated before the step (GPU), and the largest
@@ -40,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pgolf.model import fused_mlp as fm
-from step_timer import bench_cli, time_steps
+from step_timer import bench_cli, kernel_table, time_steps
 
 VARIANTS = ("compiled", "fused", "fused_compiled", "fused_compiled_pointer")
 SHIMS = Path(__file__).resolve().parent / "shims"
@@ -85,7 +87,10 @@ def time_variant(variant: str, args, params: tuple, g) -> dict:
             out.backward(g)
             return out.detach()
 
-        return time_steps(step, torch.device(args.device), args.warmup, args.iters, reset=reset)
+        r = time_steps(step, torch.device(args.device), args.warmup, args.iters, reset=reset)
+        if args.kernels:
+            r["kernels"] = kernel_table(step, torch.device(args.device), args.kernels, reset=reset)
+        return r
     except Exception as e:  # noqa: BLE001
         return {"error": f"{type(e).__name__}: {str(e)[:300]}"}
 
@@ -106,12 +111,15 @@ def tma_sweep(x, w_fc, w_proj, g, args) -> list[dict]:
         for kind, call in (("forward", lambda c=cfg: kern.gemm_act(x, w_fc, args.slope, config=c, tma=True)),
                            ("backward", lambda c=cfg: kern.gemm_act(g, w_proj_t, args.slope, aux=pre, config=c,
                                                                      tma=True))):
-            r = time_steps(call, torch.device(args.device), args.warmup, args.iters)
-            r.pop("last")
+            try:
+                r = time_steps(call, torch.device(args.device), args.warmup, args.iters)
+                r.pop("last")
+            except Exception as e:  # noqa: BLE001 (triton's OutOfResources: the tiles do not fit this GPU)
+                r = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
             rows.append({"config": i, "kind": kind, **cfg.kwargs, "num_stages": cfg.num_stages,
                          "num_warps": cfg.num_warps, **r})
             print(f"sweep {kind:8s} {cfg.kwargs} stages={cfg.num_stages} warps={cfg.num_warps} "
-                  f"{r['ms_median']:8.3f} ms", flush=True)
+                  + (f"{r['ms_median']:8.3f} ms" if "error" not in r else r["error"]), flush=True)
     return rows
 
 
@@ -159,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mult", type=int, default=4, help="hidden = mult x dim")
     p.add_argument("--slope", type=float, default=0.5)
     p.add_argument("--sweep", action="store_true", help="also time the TMA kernel alone at each tile config")
+    p.add_argument("--kernels", type=int, default=0, metavar="N",
+                   help="profile N more steps of each variant and list its top kernels (µs per step)")
     p.add_argument("--record-script", type=Path, default=None,
                    help="also time this record script's fused MLP (variant 'record')")
     return bench_cli(p, argv, run, VARIANTS)

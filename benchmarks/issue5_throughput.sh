@@ -12,6 +12,8 @@
 #          PGOLF_SETS="--set model.fused_ce=false ..." extra pgolf overrides | PRESET=pr1855 | DATA=data/proxy_sp8192
 #          PROFILE=N: also profile N steps of each run (the record through benchmarks/profile_script.py), same window
 #          after warm-up; the JSON then holds GPU ms per step by kernel kind for both (a diagnosis, not a measurement)
+#          PROFILE_SKIP=K: the window starts K timed steps after warm-up (default 10; e.g. 30 at S=50 is past the
+#          loop switch at 35%, to profile the looped layers)
 #          SKIP_SETUP=1: do not source device_env.sh (a local dry run:
 #          OUT=/tmp/o SKIP_SETUP=1 PRESET=tiny DATA=data/demo_sp1024 S=3 bash benchmarks/issue5_throughput.sh)
 #   two calls instead of one (advised since pr1855 uses attn_backend=varlen: pgolf primes one training graph per
@@ -45,7 +47,8 @@ say "setup done"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 W=runs/issue5_throughput
 mkdir -p "$W"
-COMMON=(--data "$DATA" --seconds "$S" --warmup-steps 5 --log-every 5 --workdir "$W" --profile-steps "${PROFILE:-0}")
+COMMON=(--data "$DATA" --seconds "$S" --warmup-steps 5 --log-every 5 --workdir "$W" --profile-steps "${PROFILE:-0}"
+        --profile-skip "${PROFILE_SKIP:-10}")
 rc=0
 
 if [ "$MODE" != pgolf ]; then

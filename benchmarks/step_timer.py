@@ -5,6 +5,7 @@ and their shared command line.
     r = time_steps(lambda: loss_fn().backward(), device, warmup=3, iters=20, reset=lambda: setattr(w, "grad", None))
 
 CUDA events on GPU (host clock on CPU); peak memory of the last step above what was allocated before it.
+``kernel_table`` profiles a few more steps and lists their kernels (device µs per step; CPU op time on CPU).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from pgolf.fileio import atomic_write_json  # noqa: E402
+from pgolf.train.profile import summarize
 
 
 def bench_cli(p: argparse.ArgumentParser, argv: list[str] | None, run: Callable[[argparse.Namespace], dict],
@@ -74,3 +76,19 @@ def time_steps(step: Callable[[], Any], device: torch.device, warmup: int, iters
     peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20 if device.type == "cuda" else None
     return {"ms_median": statistics.median(times), "ms_mean": statistics.fmean(times),
             "peak_mib": None if peak is None else round(peak, 1), "last": last}
+
+
+def kernel_table(step: Callable[[], Any], device: torch.device, steps: int, top: int = 8,
+                 reset: Callable[[], None] = lambda: None) -> list[dict]:
+    """The `top` kernels of `steps` profiled runs of `step` (after timing, so compiled and autotuned): name, calls
+    and µs per step, device time on CUDA (each kernel once, as ``pgolf.train.profile.summarize`` counts)."""
+    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA]
+                                                    if device.type == "cuda" else [])
+    with torch.profiler.profile(activities=acts) as prof:
+        for _ in range(steps):
+            reset()
+            step()
+        sync(device)
+    rows = summarize(prof, cuda=device.type == "cuda", steps=steps, top=top)["top"]
+    return [{"name": r["name"][:160], "calls_per_step": r["calls"] / steps, "us_per_step": round(1e3 * r["ms_per_step"], 1)}
+            for r in rows]

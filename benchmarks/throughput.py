@@ -15,8 +15,9 @@ no GPTQ; `QUICK_EXPORT`) and one eval batch shape (fewer compiled eval graphs to
 line (steps, time, peak memory) is in train.log. The record runs from a patched temporary copy (record1855.py)
 with ``benchmarks/shims`` (a FlashAttention-3 stand-in) on PYTHONPATH. Both runs log every `--log-every` steps;
 the wall second at which each printed its first step and its end of training is kept (``marks``), i.e. how long
-start-up and compilation took. ``--profile-steps N`` also profiles N steps of each, PROFILE_SKIP steps after its
-warm-up (the record through profile_script.py), and prints GPU ms per step by kernel kind side by side.
+start-up and compilation took. ``--profile-steps N`` also profiles N steps of each, ``--profile-skip K`` (default
+PROFILE_SKIP) timed steps after its warm-up (the record through profile_script.py), and prints GPU ms per step by
+kernel kind side by side; a K past the loop switch profiles the looped layers.
 """
 
 from __future__ import annotations
@@ -94,10 +95,11 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def pgolf_command(preset: str, run_id: str, seconds: float, data: Path, sets: Sequence[str], *, warmup_steps: int,
-                  log_every: int, training_only: bool = False, profile_steps: int = 0) -> list[str]:
+                  log_every: int, training_only: bool = False, profile_steps: int = 0,
+                  profile_skip: int = PROFILE_SKIP) -> list[str]:
     """``python -m pgolf train`` with the benchmark's overrides; the caller's `sets` come last and win.
     `training_only` (--stop-after-training): no evaluation graphs are compiled in the warm-up. `profile_steps`:
-    torch.profiler over that many steps after the first PROFILE_SKIP timed ones (runs/<id>/profile.json)."""
+    torch.profiler over that many steps after the first `profile_skip` timed ones (runs/<id>/profile.json)."""
     from pgolf.config import apply_overrides
     from pgolf.presets import get_preset
 
@@ -108,7 +110,7 @@ def pgolf_command(preset: str, run_id: str, seconds: float, data: Path, sets: Se
     if training_only:
         base.append("train.prime_eval=false")
     if profile_steps:
-        base.append(f"train.profile_steps={profile_steps}")
+        base += [f"train.profile_steps={profile_steps}", f"train.profile_skip={profile_skip}"]
     apply_overrides(get_preset(preset), [*base, *sets])  # a bad override fails here, before the device run
     cmd = [sys.executable, "-m", "pgolf", "train", "--preset", preset, "--run-id", run_id]
     for s in (*base, *sets):
@@ -119,7 +121,7 @@ def pgolf_command(preset: str, run_id: str, seconds: float, data: Path, sets: Se
 def run_pgolf(args, workdir: Path, run_id: str) -> dict[str, Any]:
     cmd = pgolf_command(args.pgolf, run_id, args.seconds, args.data, args.set, warmup_steps=args.warmup_steps,
                         log_every=args.log_every, training_only=args.stop_after_training,
-                        profile_steps=args.profile_steps)
+                        profile_steps=args.profile_steps, profile_skip=args.profile_skip)
     print("+", shlex.join(cmd), flush=True)
     run_dir = Path("runs") / run_id
     res = run_logged(cmd, cwd=Path.cwd(), env=dict(os.environ), log_path=workdir / "pgolf_stdout.log",
@@ -149,8 +151,8 @@ def run_record(args, workdir: Path, bucket: dict[str, Any], record_cfg) -> dict[
     env = {**os.environ, **settings, "PYTHONPATH": os.pathsep.join(
         [str(SHIMS)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
     cmd = [sys.executable, "train_gpt.py"]
-    if args.profile_steps:  # the same window as pgolf's: PROFILE_SKIP steps after its warm-up (x2 with loops)
-        skip = args.warmup_steps * (2 if record_cfg.model.num_loops else 1) + PROFILE_SKIP
+    if args.profile_steps:  # the same window as pgolf's: profile_skip steps after its warm-up (x2 with loops)
+        skip = args.warmup_steps * (2 if record_cfg.model.num_loops else 1) + args.profile_skip
         cmd = [sys.executable, str(PROFILE_SCRIPT), "--skip", str(skip), "--steps", str(args.profile_steps),
                "--out-dir", str((workdir / "record_profile").resolve()), "--", "train_gpt.py"]
     shown = f"PYTHONPATH={SHIMS} " + " ".join(f"{k}={v}" for k, v in settings.items()) + " " + shlex.join(cmd)
@@ -171,7 +173,7 @@ def read_profile(path: Path, top: int = 15) -> dict[str, Any] | None:
     if not path.exists():
         return None
     rep = json.loads(path.read_text())
-    return {"path": str(path), "steps": rep["steps"], "clock": rep["clock"],
+    return {"path": str(path), "steps": rep["steps"], "skip": rep.get("skip"), "clock": rep["clock"],
             "total_ms_per_step": rep["total_ms_per_step"], "kinds": rep["kinds"], "top": rep["top"][:top]}
 
 
@@ -245,7 +247,7 @@ def measure(args) -> dict[str, Any]:
         "flops_formula": "pgolf.report.flops: 6 x matmul weights per virtual layer + 6 T_eff d causal attention "
                          "per virtual layer (documents cut at seq_len); looped layers counted after the switch",
         "t_eff": {"doc_isolated_seq2048": t_eff, "tokens_scanned": len(tokens)},
-        "profiled_steps": args.profile_steps}  # > 0: tokens/s include profiler overhead, compare kernel times only
+        "profiled_steps": args.profile_steps, "profile_skip": args.profile_skip if args.profile_steps else None}  # > 0: tokens/s include profiler overhead, compare kernel times only
     hparams: dict[str, str] = {}
     if args.record:
         bucket = rec1855.record_bucket_size(train_files, record_cfg.train.micro_batch_tokens, record_cfg.train.seq_len)
@@ -324,6 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--profile-steps", type=int, default=0,
                     help="also profile this many steps of each run after PROFILE_SKIP timed ones (tokens/s of a "
                          "profiled run is not comparable; the report gets per-kind kernel time of both)")
+    ap.add_argument("--profile-skip", type=int, default=PROFILE_SKIP,
+                    help="timed steps before the profiled window (past the loop switch to profile looped layers)")
     ap.add_argument("--workdir", type=Path, default=None, help="default: runs/throughput-<time>")
     ap.add_argument("--merge", type=Path, nargs="+", default=None, help="combine earlier JSONs of this script")
     ap.add_argument("--out", type=Path, required=True)

@@ -219,7 +219,8 @@ for (m, d, h, slope), cfg in [((300, 64, 320, 0.5), 0), ((256, 128, 256, 0.0), 1
     g_pre = k.gemm_act(g, w_proj.t(), slope, aux=pre, config=k.CONFIGS[cfg])  # strided b, as the backward passes
     want = (g @ w_proj) * torch.where(pre > 0, 2 * pre, 2 * slope * slope * pre)
     torch.testing.assert_close(g_pre, want, atol=1e-4, rtol=1e-4)
-for (m, d, h, slope), cfg in [((300, 64, 256, 0.5), 3), ((256, 128, 256, 0.0), 0), ((200, 64, 384, 0.3), 2)]:
+for (m, d, h, slope), cfg in [((300, 64, 256, 0.5), 3), ((256, 128, 256, 0.0), 0), ((200, 64, 384, 0.3), 2),
+                                ((600, 64, 512, 0.5), 5)]:
     x, w_fc, w_proj = torch.randn(m, d), torch.randn(h, d) / d ** 0.5, torch.randn(d, h) / h ** 0.5
     pre, post = k.gemm_act(x, w_fc, slope, config=k.TMA_CONFIGS[cfg], tma=True)  # persistent, 4 programs here
     torch.testing.assert_close(pre, x @ w_fc.t(), atol=1e-4, rtol=1e-4)
@@ -254,11 +255,14 @@ def test_bench_writes_json_on_cpu(tmp_path):
 
     out = tmp_path / "bench.json"
     rc = fused_mlp_bench.main(["--device", "cpu", "--dtype", "fp32", "--rows", "64", "--dim", "64", "--warmup", "1",
-                               "--iters", "2", "--variants", "fused", "--sweep", "--out", str(out)])
+                               "--iters", "2", "--variants", "fused", "--sweep", "--kernels", "2", "--out", str(out)])
     r = json.loads(out.read_text())
     assert rc == 0 and r["hidden"] == 256 and r["uses_triton"] is False
     assert [v["variant"] for v in r["results"]] == ["fused"] and r["results"][0]["ms_median"] > 0
     assert r["sweep"] == [{"error": "needs CUDA and triton"}]  # the kernel sweep runs on GPU only
+    kernels = r["results"][0]["kernels"]  # on CPU: the ops' own CPU time, the matmuls among them
+    assert 0 < len(kernels) <= 8 and all(k["us_per_step"] > 0 for k in kernels)
+    assert any("mm" in k["name"] for k in kernels)
 
 
 def test_calibration_hooks_see_the_mlp_inputs_when_fused():

@@ -6,9 +6,10 @@ import json
 from types import SimpleNamespace
 
 import pytest
+from conftest import tiny_run_config, train_cpu
 from torch.autograd import DeviceType
 
-from conftest import tiny_run_config, train_cpu
+from pgolf.config import TrainConfig
 from pgolf.train.profile import PROFILE_SKIP, kind_of, summarize
 
 
@@ -39,6 +40,16 @@ def test_run_ending_inside_the_window_reports_the_steps_it_saw(byte_dataset, tmp
     cfg = tiny_run_config(byte_dataset, tmp_path / "runs", iterations=PROFILE_SKIP + 2, profile_steps=50)
     train_cpu(cfg, tmp_path / "run")
     assert json.loads((tmp_path / "run" / "profile.json").read_text())["steps"] == 2
+
+
+def test_profile_skip_moves_the_window_and_is_recorded(byte_dataset, tmp_path):
+    assert TrainConfig().profile_skip == PROFILE_SKIP  # the config's default is the profiler's
+    cfg = tiny_run_config(byte_dataset, tmp_path / "runs", iterations=4, profile_steps=2, profile_skip=2)
+    train_cpu(cfg, tmp_path / "run")
+    rep = json.loads((tmp_path / "run" / "profile.json").read_text())
+    assert rep["skip"] == 2 and rep["steps"] == 2  # steps 3 and 4 of 4: a window the default skip never reaches
+    with pytest.raises(ValueError, match="train.profile_skip must be >= 1"):
+        TrainConfig(profile_skip=0)
 
 
 def test_off_by_default_writes_nothing(byte_dataset, tmp_path):

@@ -429,11 +429,13 @@ def test_profiled_throughput_run_reports_kernel_kinds_not_targets(byte_dataset, 
             "eval.batch_tokens=512", "train.device=cpu"]
     out = tmp_path / "tp.json"
     argv = ["--pgolf", "tiny", "--data", str(byte_dataset), "--seconds", "2", "--warmup-steps", "0",
-            "--profile-steps", "3", "--out", str(out), "--workdir", str(tmp_path / "w"), "--stop-after-training"]
+            "--profile-steps", "3", "--profile-skip", "2", "--out", str(out), "--workdir", str(tmp_path / "w"),
+            "--stop-after-training"]
     assert tp.main(argv + [a for s in sets for a in ("--set", s)]) == 0
     res = json.loads(out.read_text())
     prof = res["pgolf"]["profile"]
     assert res["profiled_steps"] == 3 and prof["steps"] == 3 and prof["total_ms_per_step"] > 0
+    assert res["profile_skip"] == 2 and prof["skip"] == 2
     assert "GPU ms/step" in capsys.readouterr().out
     res["record"] = {"phases": res["pgolf"]["phases"]}
     assert tp.compare(res)["meets_targets"] is None
@@ -450,13 +452,14 @@ def test_profiled_record_runs_under_the_profile_script_with_pgolfs_window(tmp_pa
 
     monkeypatch.setattr(tp, "run_logged", fake_run_logged)
     args = tp.argparse.Namespace(record=tmp_path / "rec.py", data=tmp_path, tokenizer=tmp_path / "t.model",
-                                 seconds=60, warmup_steps=5, log_every=5, record_timeout=None, profile_steps=8)
+                                 seconds=60, warmup_steps=5, log_every=5, record_timeout=None, profile_steps=8,
+                                 profile_skip=30)
     from pgolf.presets import get_preset
 
     res = tp.run_record(args, tmp_path / "w", {"bucket": 256}, get_preset("pr1855"))
     cmd = seen["cmd"]
     assert cmd[1] == str(tp.PROFILE_SCRIPT) and cmd[-2:] == ["--", "train_gpt.py"]
     opt = dict(zip(cmd[2:-2:2], cmd[3:-2:2]))
-    assert opt == {"--skip": str(2 * 5 + tp.PROFILE_SKIP), "--steps": "8",  # warm-up with loops off, then on
+    assert opt == {"--skip": str(2 * 5 + 30), "--steps": "8",  # warm-up with loops off, then on, then 30 timed
                    "--out-dir": str((tmp_path / "w" / "record_profile").resolve())}
     assert str(tp.SHIMS) in seen["pythonpath"] and res["profile"] is None  # nothing written by the fake run

@@ -268,7 +268,8 @@ class TrainConfig:
     qat_bits: int = 0  # late STE QAT of block matrices at this many bits, per-row (0 = off; 03-22: 6)
     qat_start_lr_mul: float = 0.15  # QAT switches on (and stays on) once lr_mul < this; > 1 = from step 0
     loader: str = "stream"  # stream (baseline) | coprime (PR #1060) | docpack (TOP)
-    profile_steps: int = 0  # torch.profiler over this many steps after 10 -> runs/<id>/profile.json (train/profile.py)
+    profile_steps: int = 0  # torch.profiler over this many steps ... -> runs/<id>/profile.json (train/profile.py)
+    profile_skip: int = 10  # ... after this many timed steps (e.g. past loop_enable_at to see the looped layers)
 
     def __post_init__(self) -> None:
         if self.batch_tokens % self.seq_len or self.micro_batch_tokens % self.seq_len:
@@ -279,6 +280,9 @@ class TrainConfig:
         if not 0.0 <= self.warmdown_frac <= 1.0:
             raise ValueError(f"train.warmdown_frac must be in [0, 1], got {self.warmdown_frac}")
         _check_choice("train.device", self.device, ("auto", "cpu", "cuda"))
+        if self.profile_skip < 1:
+            raise ValueError(f"train.profile_skip must be >= 1 (timed steps before the profiled window), got "
+                             f"{self.profile_skip}")
 
     def grad_accum(self, world_size: int) -> int:
         """Micro-steps per optimizer step so that the global batch is `batch_tokens` on any world size."""

@@ -2,9 +2,11 @@
 and per kind (attention, matmul, communication, copies, fused/Triton, other), written to the run folder.
 
     pgolf train --preset pr1855 --proxy --set train.profile_steps=10     # -> runs/<id>/profile.json (+ trace)
+    pgolf train --preset pr1855 --proxy --set train.profile_steps=5 --set train.profile_skip=40   # a later window
 
-The window starts after ``PROFILE_SKIP`` timed steps (the allocator and caches settle) and its steps are not
-excluded from the clock: a profiled run is for diagnosis, its BPB and tokens/s are not comparable.
+The window starts after ``train.profile_skip`` timed steps (default ``PROFILE_SKIP``: the allocator and caches
+settle); ``profile.json`` records it as ``skip``. Its steps are not excluded from the clock: a profiled run is for
+diagnosis, its BPB and tokens/s are not comparable.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ class StepProfiler:
 
     @classmethod
     def from_config(cls, tc: Any, run_dir: Path, device: torch.device, is_main: bool) -> "StepProfiler | None":
-        return cls(tc.profile_steps, run_dir, device, enabled=is_main) if tc.profile_steps > 0 else None
+        return (cls(tc.profile_steps, run_dir, device, enabled=is_main, skip=tc.profile_skip)
+                if tc.profile_steps > 0 else None)
 
     def after_step(self, step: int) -> None:
         """Call after every timed step with the number of steps done."""
@@ -71,7 +74,8 @@ class StepProfiler:
             torch.cuda.synchronize(self.device)
         self._prof.__exit__(None, None, None)
         self.done = True
-        report = summarize(self._prof, cuda=self.device.type == "cuda", steps=self._last - self.skip)
+        report = {**summarize(self._prof, cuda=self.device.type == "cuda", steps=self._last - self.skip),
+                  "skip": self.skip}
         atomic_write_json(self.run_dir / "profile.json", report)
         self._prof.export_chrome_trace(str(self.run_dir / "profile_trace.json"))
 

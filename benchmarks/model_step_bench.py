@@ -1,0 +1,148 @@
+"""One compiled training micro-step of a preset's model (forward + backward, no optimizer) at a chosen training
+progress, for several variants in one process: an A/B of compile options or model settings in about 1.5 minutes
+per variant on an H100, where a full throughput run (throughput.py) takes 3.5.
+
+    python3 benchmarks/model_step_bench.py --preset pr1855 --data data/proxy_sp8192 --progress 1.0 \\
+        --variant base --variant no_mix:train.mix_order_reduction=false --kernels 3 --out $OUT/model_step.json
+    python3 benchmarks/model_step_bench.py --preset tiny --data data/demo_sp1024 --device cpu --iters 2 \\
+        --variant base --out /tmp/m.json                                          # logic check on CPU
+
+``PGOLF_SRC=<checkout>/src`` runs that checkout's model and training code instead of this one's (an A/B across
+commits: issue5_looped_ab.sh). A variant is ``NAME`` or ``NAME:key=value,key=value`` (config overrides applied after the common ``--set`` ones).
+Each is built as the training loop builds its model: ``cast_for_training``, ``training_compile_kwargs`` (with
+``train.compile``), autocast, ``set_progress(--progress)`` (pr1855: 0 = plain layers, >= 0.35 = looped), and fed
+real micro-batches of the preset's loader, with cu_seqlens padded as in training. Gradients accumulate over the
+steps, as over a training step's micro-steps. Reported per variant: ms per micro-step (median, mean), tokens/s,
+peak memory, the seconds of its first step (compile), and with ``--kernels N`` the top kernels of N more steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, os.environ.get("PGOLF_SRC") or str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(1, str(Path(__file__).resolve().parent))
+
+# pgolf first (from PGOLF_SRC when set), then step_timer, which puts this checkout's src on the path too
+# isort: off
+from pgolf.config import apply_overrides
+from pgolf.data.dataset import Dataset
+from pgolf.data.loaders_common import build_loader
+from pgolf.fileio import atomic_write_json
+from pgolf.model.gpt import GPT, cast_for_training
+from pgolf.presets import get_preset
+from pgolf.train.loop import (autocast_ctx, avoid_inductor_fusion_bug, fix_segment_sizes, next_micro_batch,
+                              training_compile_kwargs)
+from pgolf.train.runtime import seed_everything
+from step_timer import kernel_table, sync, time_steps
+# isort: on
+
+
+def parse_variant(spec: str) -> tuple[str, list[str]]:
+    """'NAME' or 'NAME:key=value,key=value' -> (NAME, [key=value, ...])."""
+    name, _, sets = spec.partition(":")
+    overrides = [s for s in sets.split(",") if s]
+    bad = [s for s in overrides if "=" not in s]
+    if not name or bad:
+        raise ValueError(f"--variant {spec!r}: expected NAME or NAME:key=value,key=value")
+    return name, overrides
+
+
+def variant_config(args, overrides: list[str]):
+    base = [f"data.path={args.data}"] + (["data.corpus=proxy"] if Path(args.data).name.startswith("proxy_") else [])
+    return apply_overrides(get_preset(args.preset), [*base, *args.set, *overrides])
+
+
+def run_variant(name: str, overrides: list[str], args) -> dict:
+    device = torch.device(args.device)
+    cfg = variant_config(args, overrides)
+    tc = cfg.train
+    torch._dynamo.reset()
+    seed_everything(tc.seed)
+    model = cast_for_training(GPT(cfg.model), device)
+    model.set_progress(args.progress)
+    data = Dataset.open(cfg.data, cfg.model.vocab_size)
+    fix_segment_sizes(model, data, tc, [])
+    loader = build_loader(tc, data, rank=0, world_size=1)
+    batches = itertools.cycle([next_micro_batch(loader, model, tc, device) for _ in range(args.batches)])
+    if tc.compile:
+        avoid_inductor_fusion_bug()
+    net = torch.compile(model, **training_compile_kwargs(tc)) if tc.compile else model
+
+    def step() -> torch.Tensor:
+        x, y, extra = next(batches)
+        with autocast_ctx(device):
+            loss = net(x, y, **extra)
+        loss.backward()
+        return loss.detach()
+
+    t0 = time.perf_counter()
+    step()
+    sync(device)
+    first_s = time.perf_counter() - t0
+    r = time_steps(step, device, args.warmup, args.iters)
+    r.pop("last")
+    tokens = tc.micro_batch_tokens
+    out = {"variant": name, "overrides": overrides, "looping": bool(getattr(model, "looping", False)),
+           "first_step_s": round(first_s, 1), **r, "tokens_per_s": round(tokens / (r["ms_median"] * 1e-3))}
+    if args.kernels:
+        out["kernels"] = kernel_table(step, device, args.kernels, top=args.top)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="pr1855")
+    p.add_argument("--data", required=True, help="dataset folder (data.path), e.g. data/proxy_sp8192")
+    p.add_argument("--set", action="append", default=[], help="key=value for every variant (repeatable)")
+    p.add_argument("--variant", action="append", required=True, metavar="NAME[:key=value,...]")
+    p.add_argument("--progress", type=float, default=1.0, help="training progress the model is set to (0..1)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batches", type=int, default=4, help="distinct micro-batches cycled through")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--kernels", type=int, default=0, metavar="N", help="profile N more steps per variant")
+    p.add_argument("--top", type=int, default=25, help="kernels listed per variant with --kernels")
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    try:
+        variants = [parse_variant(v) for v in args.variant]
+        for _, overrides in variants:  # a bad override fails before anything is compiled
+            variant_config(args, overrides)
+    except (ValueError, KeyError) as e:
+        p.error(str(e))
+    if not 0.0 <= args.progress <= 1.0:
+        p.error(f"--progress must be in [0, 1], got {args.progress}")
+    results = []
+    for name, overrides in variants:
+        try:
+            r = run_variant(name, overrides, args)
+        except Exception as e:  # noqa: BLE001 (reported per variant; the others still run)
+            r = {"variant": name, "overrides": overrides, "error": f"{type(e).__name__}: {str(e)[:400]}"}
+        results.append(r)
+        print(f"{name:20s} " + (f"{r['ms_median']:9.2f} ms/micro-step  {r['tokens_per_s']:>11,} tok/s  "
+                                f"first step {r['first_step_s']} s  peak {r['peak_mib']} MiB"
+                                if "error" not in r else r["error"]), flush=True)
+    base = next((r for r in results if "error" not in r), None)
+    for r in results:
+        if base and "error" not in r:
+            r["speedup_vs_first"] = round(base["ms_median"] / r["ms_median"], 4)
+    device = torch.device(args.device)
+    atomic_write_json(args.out, {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "torch": torch.__version__,
+        "pgolf_src": str(Path(sys.modules["pgolf"].__file__).parents[1]),
+        "preset": args.preset, "data": str(args.data), "sets": args.set, "progress": args.progress,
+        "warmup": args.warmup, "iters": args.iters, "results": results})
+    print(f"wrote {args.out}")
+    return 1 if any("error" in r for r in results) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""benchmarks/model_step_bench.py: compiled micro-steps of a preset's model per variant, on CPU at tiny scale."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import model_step_bench as msb
+
+TINY = ["data.tokenizer=byte260", "model.num_layers=2", "model.model_dim=32", "model.num_heads=2",
+        "model.num_kv_heads=1", "train.batch_tokens=128", "train.micro_batch_tokens=128", "train.seq_len=32",
+        "train.compile=false"]
+LOOPED = "looped:model.num_loops=1,model.loop_start=0,model.loop_end=0,model.loop_enable_at=0.5"
+
+
+def argv(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--preset", "tiny", "--data", str(data), "--device", "cpu", "--warmup", "1", "--iters", "2",
+            "--batches", "2", "--out", str(out), *[a for s in TINY for a in ("--set", s)], *extra]
+
+
+def test_variants_run_in_one_process_and_report_their_phase(byte_dataset, tmp_path):
+    out = tmp_path / "m.json"
+    rc = msb.main(argv(byte_dataset, out, "--progress", "0.75", "--kernels", "1", "--top", "4",
+                       "--variant", "base", "--variant", LOOPED))
+    res = json.loads(out.read_text())
+    assert rc == 0 and res["progress"] == 0.75 and res["sets"] == TINY
+    base, looped = res["results"]
+    assert base["variant"] == "base" and base["overrides"] == [] and base["looping"] is False
+    assert looped["overrides"][0] == "model.num_loops=1" and looped["looping"] is True  # 0.75 >= loop_enable_at
+    for r in (base, looped):
+        assert r["ms_median"] > 0 and r["tokens_per_s"] > 0 and 0 < len(r["kernels"]) <= 4
+    assert base["speedup_vs_first"] == 1.0 and looped["speedup_vs_first"] > 0
+
+
+def test_the_same_variant_before_the_loop_switch_runs_plain(byte_dataset, tmp_path):
+    out = tmp_path / "m.json"
+    assert msb.main(argv(byte_dataset, out, "--progress", "0.25", "--variant", LOOPED)) == 0
+    assert json.loads(out.read_text())["results"][0]["looping"] is False
+
+
+@pytest.mark.parametrize("variant, msg", [
+    ("x:model.no_such_field=1", "no_such_field"),
+    ("x:model.num_layers", "expected NAME or NAME:key=value"),
+    (":model.num_layers=2", "expected NAME or NAME:key=value"),
+])
+def test_bad_variants_fail_before_anything_runs(byte_dataset, tmp_path, capsys, variant, msg):
+    out = tmp_path / "m.json"
+    with pytest.raises(SystemExit):
+        msb.main(argv(byte_dataset, out, "--variant", "base", "--variant", variant))
+    assert msg in capsys.readouterr().err and not out.exists()
+
+
+def test_progress_outside_the_run_is_refused(byte_dataset, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        msb.main(argv(byte_dataset, tmp_path / "m.json", "--progress", "1.5", "--variant", "base"))
+    assert "--progress must be in [0, 1]" in capsys.readouterr().err
+
+
+def test_pgolf_src_runs_another_checkout(byte_dataset, tmp_path):
+    import os
+    import shutil
+    import subprocess
+
+    other = tmp_path / "other" / "src"
+    shutil.copytree(Path(msb.__file__).resolve().parents[1] / "src", other,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    out = tmp_path / "m.json"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PGOLF_SRC": str(other)}
+    r = subprocess.run([sys.executable, msb.__file__, *argv(byte_dataset, out, "--variant", "base")], env=env,
+                       capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["pgolf_src"] == str(other) and res["results"][0]["ms_median"] > 0
