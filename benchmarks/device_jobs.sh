@@ -12,6 +12,8 @@
 # fusedce              GPU tests of model/fused_ce.py and benchmarks/fused_ce_bench.py --sweep
 # fusedmlp             GPU tests of model/fused_mlp.py and benchmarks/fused_mlp_bench.py --sweep (#1855's MLP, one
 #                      micro-batch; with the record's own kernel when .peers/pr1855_train_gpt.py is carried)
+# fa4                  GPU tests of model/attn_fa4.py and varlen_attn_bench.py fa2_varlen vs fa4 (on data/proxy_sp8192
+#                      when built, e.g. after data:sp8192); needs .fa4site from an earlier call (fa4_wheels.sh)
 # data:<tokenizer>     also build data/proxy_<tokenizer> (e.g. sp8192, from .carry/tok/proxy_sp8192.model)
 # profile:<preset>[:<tokenizer>]  40 s proxy run with train.profile_steps=20 -> $OUT/profile_<preset>.json
 set -uo pipefail
@@ -51,6 +53,13 @@ for job in "$@"; do
       tail -3 "$OUT/fused_mlp_gputests.log"
       rec=(); [ -f .peers/pr1855_train_gpt.py ] && rec=(--record-script .peers/pr1855_train_gpt.py)
       python3 benchmarks/fused_mlp_bench.py --sweep --kernels 5 "${rec[@]}" --out "$OUT/fused_mlp_bench.json" 2>&1 | tail -16 ;;
+    fa4)
+      python3 -c "import flash_attn.cute.interface as m; print('flash_attn.cute from', m.__file__)" 2>&1 | tail -2
+      python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_attn_fa4.py > "$OUT/fa4_gputests.log" 2>&1
+      tail -3 "$OUT/fa4_gputests.log"
+      d=data/proxy_sp1024; [ -d data/proxy_sp8192 ] && d=data/proxy_sp8192
+      python3 benchmarks/varlen_attn_bench.py --data "$d" --variants fa2_varlen fa4 \
+        --out "$OUT/varlen_attn_bench_fa4.json" 2>&1 | tail -4 ;;
     data:*)
       tok="${job#data:}"
       python3 -m pgolf data build --corpus proxy --tokenizer "$tok" --docs-dir .carry/proxy_docs \

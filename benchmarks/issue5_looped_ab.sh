@@ -7,6 +7,7 @@
 #   prepare: mkdir -p .carry/old && git archive 2df3e56 src | tar -x -C .carry/old     (the commit to compare with)
 #   carry: .whl .carry      command: bash benchmarks/issue5_looped_ab.sh
 #   env:   OLD_SRC=.carry/old/src | KERNELS=3 profiled steps per variant (0: none) | ITERS=10 timed micro-steps
+#          MORE="fa4:model.attn_backend=fa4 ..." extra variants of this checkout, at both progresses
 #   time on one H100 (estimate): setup ~30 s, then ~80 s per compiled variant (5 of them)
 set -uo pipefail
 source benchmarks/device_env.sh sp8192 || exit 1
@@ -15,6 +16,7 @@ COMMON=(--preset pr1855 --data data/proxy_sp8192 --iters "${ITERS:-10}" --kernel
 rc=0
 for prog in 1.0 0.0; do
   variants=(--variant base)
+  for v in ${MORE:-}; do variants+=(--variant "$v"); done
   [ "$prog" = 1.0 ] && variants+=(--variant no_mix_order:train.mix_order_reduction=false)
   echo "=== this checkout, progress $prog ($(date +%T))"
   python3 benchmarks/model_step_bench.py "${COMMON[@]}" --progress "$prog" "${variants[@]}" \

@@ -1,5 +1,6 @@
 """Micro-benchmark of document-isolated causal attention, forward + backward (issue 5): FlashAttention-2 varlen
-(what pgolf's attn_backend=varlen and record #1855 through the shim both run) against cuDNN's ragged attention.
+(what pgolf's attn_backend=varlen and record #1855 through the shim both run) against cuDNN's ragged attention and
+FlashAttention-4 (attn_backend=fa4).
 
     python3 benchmarks/varlen_attn_bench.py --data data/proxy_sp8192 --out $OUT/varlen_attn_bench.json   # GPU
     python3 benchmarks/varlen_attn_bench.py --device cpu --rows 512 --out /tmp/a.json   # only checks the batches
@@ -16,6 +17,8 @@ with empty segments to a fixed count (so one compiled graph serves every batch).
     cudnn_ragged_unpadded  the same on the offsets without the padding (a varying segment count per batch)
     cudnn_njt     F.scaled_dot_product_attention on jagged nested tensors (torch.nested), cuDNN backend forced:
                   PyTorch's own route to the same kernel, unpadded offsets, K/V heads repeated
+    fa4           FlashAttention-4's CuTe kernels through pgolf's custom ops (model/attn_fa4.py), K/V heads native,
+                  the padded offsets; needs flash-attn-4 (benchmarks/fa4_wheels.sh)
 
 Reported per variant: median ms per step, the largest output and gradient difference from fa2_varlen relative to
 its largest value, or the error a variant raised.
@@ -37,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pgolf.model.attn_backends import repeat_kv, require_varlen
 from step_timer import bench_cli, time_steps
 
-VARIANTS = ("fa2_varlen", "cudnn_ragged", "cudnn_ragged_unpadded", "cudnn_njt")
+VARIANTS = ("fa2_varlen", "cudnn_ragged", "cudnn_ragged_unpadded", "cudnn_njt", "fa4")
 
 
 def segment_batches(tokens: np.ndarray, rows: int, seq_len: int, bos_id: int, count: int, pad_to: int
@@ -96,6 +99,12 @@ def make_fn(variant: str, heads: int, seq_len: int):
                 return fn(q, k, v, cu, cu, seq_len, seq_len, **causal, enable_gqa=k.size(1) != heads)
             return fn(q, *repeat_kv(k, v, heads), cu, cu, seq_len, seq_len, **causal)
         return fa2
+
+    if variant == "fa4":
+        from pgolf.model.attn_fa4 import require_fa4
+
+        require_fa4()  # the install error, not a failure inside the op
+        return lambda q, k, v, cu: torch.ops.pgolf.fa4_varlen_fwd(q, k, v, cu, seq_len)[0]
 
     def cudnn(q, k, v, cu):
         return CudnnRagged.apply(q, *repeat_kv(k, v, heads), cu, seq_len)

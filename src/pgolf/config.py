@@ -73,7 +73,7 @@ class ModelConfig:
     gated_attn_init_std: float = 0.005  # std of the dense gate's W
     gated_attn_quant_gate: bool = False  # export: attn_gate_w as int8 per row (#2123); read by the quantizer
     doc_isolated: bool = False  # no attention across a BOS (bos_id) boundary, train and eval (VarLen, PR #1530)
-    attn_backend: str = "sdpa"  # sdpa | flex | varlen (torch's FlashAttention varlen) | fa3 (optional; never required)
+    attn_backend: str = "sdpa"  # sdpa | flex | varlen (torch's FlashAttention varlen) | fa3 | fa4 (optional packages)
     sdpa_priority: str = "default"  # default (torch: flash first) | cudnn: cuDNN attention first (faster on H100)
     # --- MLP, residual stream, token mixing, head and init techniques (each off by default) ---
     # Checked in _check_stack_techniques; formulas and PRs in the model modules (mlp, block, gpt, embed, recurrence).
@@ -144,7 +144,7 @@ class ModelConfig:
         if self.gated_attn_quant_gate and not gates:
             raise ValueError("model.gated_attn_quant_gate=True quantizes attn_gate_w, which only exists with "
                              "model.gated_attn, model.sparse_attn_gate_width or model.attn_out_gate_width")
-        _check_choice("model.attn_backend", self.attn_backend, ("sdpa", "flex", "varlen", "fa3"))
+        _check_choice("model.attn_backend", self.attn_backend, ("sdpa", "flex", "varlen", "fa3", "fa4"))
         _check_choice("model.sdpa_priority", self.sdpa_priority, ("default", "cudnn"))
 
     def _check_stack_techniques(self) -> None:

@@ -23,7 +23,13 @@ from torch import Tensor, nn
 
 from pgolf.config import ModelConfig
 from pgolf.model.attn_backends import attend, require_fa3, require_varlen
-from pgolf.model.attn_rope import apply_partial_rotary, rope_inv_freq, rope_tables, scaled_inv_freq
+from pgolf.model.attn_fa4 import require_fa4
+from pgolf.model.attn_rope import (
+    apply_partial_rotary,
+    rope_inv_freq,
+    rope_tables,
+    scaled_inv_freq,
+)
 from pgolf.model.layers import CastedLinear, rms_norm
 from pgolf.model.patterns import parse_layers
 
@@ -68,6 +74,8 @@ class CausalSelfAttention(nn.Module):
             require_fa3()  # fail at build time, not at the first forward
         elif self.backend == "varlen":
             require_varlen()
+        elif self.backend == "fa4" and torch.cuda.is_available():
+            require_fa4()  # on a machine without CUDA the segments go through varlen's dense reference
         # New parameters are created only when their technique is on, after the baseline ones, so a model with
         # everything off draws exactly the baseline's random stream.
         self.use_xsa = parse_layers(cfg.xsa_layers, cfg.num_layers, field="model.xsa_layers")[layer]

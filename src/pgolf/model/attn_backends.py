@@ -15,6 +15,8 @@
           same segments go through SDPA as a dense mask
     fa3   flash_attn_interface (FlashAttention-3, Hopper only, optional): flash_attn_func, or flash_attn_varlen_func
           on the same cu_seqlens as varlen
+    fa4   FlashAttention-4's CuTe kernels (flash_attn.cute, Hopper and Blackwell, optional; attn_fa4.py) on the same
+          cu_seqlens as varlen, as torch custom ops a compiled graph keeps; on CPU the varlen reference
 
 `build_attn_context` runs once per forward (in ``GPT.hidden``) from the input ids; every attention layer receives its
 result and hands it to `attend`. The baseline (sdpa, not isolated) gets None and stays ``is_causal=True``.
@@ -38,8 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-BACKENDS = ("sdpa", "flex", "varlen", "fa3")
-SEGMENT_BACKENDS = ("varlen", "fa3")  # backends whose context is cu_seqlens
+from pgolf.model.attn_fa4 import attend_fa4
+
+BACKENDS = ("sdpa", "flex", "varlen", "fa3", "fa4")
+SEGMENT_BACKENDS = ("varlen", "fa3", "fa4")  # backends whose context is cu_seqlens
 # cu_seqlens lengths are padded to CU_BUCKET * 2^k, at least to the length primed for the batch shape. One bucket
 # per length cost 16 graphs and 243 s of warm-up on the proxy, and a doubling ladder (64..512 per shape, train and
 # eval, loops off and on) ran past 9 minutes at #1855's size (issue 5); one padded length per shape needs one graph.
@@ -149,8 +153,9 @@ def dense_mask(block_mask: Any, T: int, device: torch.device) -> Tensor:
 
 
 def needs_cu_seqlens(cfg: Any) -> bool:
-    """Whether attention reads cu_seqlens: varlen always, fa3 when doc-isolated (``GPT.attn_inputs`` supplies them)."""
-    return cfg.attn_backend == "varlen" or (cfg.attn_backend == "fa3" and cfg.doc_isolated)
+    """Whether attention reads cu_seqlens: varlen and fa4 always, fa3 when doc-isolated (``GPT.attn_inputs`` supplies
+    them)."""
+    return cfg.attn_backend in ("varlen", "fa4") or (cfg.attn_backend == "fa3" and cfg.doc_isolated)
 
 
 def build_attn_context(cfg: Any, input_ids: Tensor, cu: Tensor | None = None) -> Any:
@@ -237,6 +242,8 @@ def attend(q: Tensor, k: Tensor, v: Tensor, ctx: Any, backend: str) -> Tensor:
         return _attend_varlen(q, k, v, ctx)
     if backend == "fa3":
         return _attend_fa3(q, k, v, ctx)
+    if backend == "fa4":  # on CPU (tests, evaluation) the same segments through varlen's dense reference
+        return attend_fa4(q, k, v, ctx) if q.is_cuda else _attend_varlen(q, k, v, ctx)
     raise ValueError(f"model.attn_backend={backend!r} is not one of {', '.join(BACKENDS)}")
 
 
