@@ -570,8 +570,10 @@ FLEX_NO_GRAD_FAULT = pytest.mark.skipif(
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("backend", [pytest.param("flex", marks=FLEX_NO_GRAD_FAULT), "varlen"])
+@pytest.mark.parametrize("backend", [pytest.param("flex", marks=FLEX_NO_GRAD_FAULT), "varlen", "fa4"])
 def test_gpu_doc_isolated_backend_agrees_with_sdpa_under_compile(backend):
+    if backend == "fa4" and importlib.util.find_spec("flash_attn") is None:
+        pytest.skip("needs flash-attn-4 (benchmarks/fa4_wheels.sh)")
     (ref, ref_loss), (out, loss) = _compiled_doc_isolated("sdpa"), _compiled_doc_isolated(backend)
     torch.testing.assert_close(out, ref, atol=0.1, rtol=0.05)
     assert abs(loss - ref_loss) < 2e-2
