@@ -92,21 +92,17 @@ def _set_tma_blocks(nargs: dict) -> None:
     nargs["aux_desc"].block_shape = [bm, bn // 2]
 
 
+def _tma_config(block_m: int, block_n: int, group_m: int, stages: int, warps: int = 8) -> triton.Config:
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": 64, "GROUP_M": group_m},
+                         num_stages=stages, num_warps=warps, pre_hook=_set_tma_blocks)
+
+
 TMA_CONFIGS = [
-    triton.Config({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_stages=4, num_warps=8,
-                  pre_hook=_set_tma_blocks),
-    triton.Config({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_stages=3, num_warps=8,
-                  pre_hook=_set_tma_blocks),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_stages=3, num_warps=8,
-                  pre_hook=_set_tma_blocks),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_stages=4, num_warps=4,
-                  pre_hook=_set_tma_blocks),
+    _tma_config(256, 128, 8, 4), _tma_config(256, 128, 8, 3), _tma_config(128, 256, 8, 3),
+    _tma_config(128, 128, 8, 4, warps=4),
     # row-major tile order (GROUP_M = 1), the record #1855 kernel's: 4 stages forward, 3 backward (4 overflow
     # shared memory with the backward's pre tiles; the autotuner drops a config that does not fit)
-    triton.Config({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 1}, num_stages=4, num_warps=8,
-                  pre_hook=_set_tma_blocks),
-    triton.Config({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 1}, num_stages=3, num_warps=8,
-                  pre_hook=_set_tma_blocks),
+    _tma_config(256, 128, 1, 4), _tma_config(256, 128, 1, 3),
 ]
 
 
