@@ -55,7 +55,7 @@ def test_partial_rope_rotates_only_the_first_k_dims():
     assert torch.equal(out[..., k:], x[..., k:])
     assert torch.equal(out[..., :k], apply_rotary(x[..., :k], cos, sin))  # rotate-half inside the k dims
     assert not torch.allclose(out[..., 1:, :k], x[..., 1:, :k])
-    pairs = lambda z: z[..., : k // 2] ** 2 + z[..., k // 2: k] ** 2  # noqa: E731
+    pairs = lambda z: z[..., : k // 2] ** 2 + z[..., k // 2: k] ** 2
     torch.testing.assert_close(pairs(out), pairs(x))  # each (i, i + k/2) pair is rotated, norm kept
 
 
