@@ -125,6 +125,13 @@ def test_fake_kernels_give_the_real_shapes():
     assert out.shape == q.shape and out.dtype == torch.bfloat16
     assert lse.shape == (8, 96) and lse.dtype == torch.float32  # FA4's varlen lse layout (H, total)
     assert (dq.shape, dk.shape, dv.shape) == (q.shape, k.shape, k.shape)
+    with FakeTensorMode():  # strided inputs still give contiguous outputs, as FA4 allocates them
+        q = torch.empty(8, 96, 64, dtype=torch.bfloat16).transpose(0, 1)
+        k = torch.empty(4, 96, 64, dtype=torch.bfloat16).transpose(0, 1)
+        cu = torch.empty(9, dtype=torch.int32)
+        out, lse = torch.ops.pgolf.fa4_varlen_fwd(q, k, k, cu, 48)
+        grads = torch.ops.pgolf.fa4_varlen_bwd(out, q, k, k, out, lse, cu, 48)
+    assert not q.is_contiguous() and all(t.is_contiguous() for t in (out, lse, *grads))
 
 
 def test_missing_package_says_what_to_install(monkeypatch):

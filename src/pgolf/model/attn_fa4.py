@@ -43,9 +43,11 @@ def fa4_varlen_fwd(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, max_seqlen: int)
     return out, lse
 
 
+# The fakes give what FA4 allocates: fresh contiguous tensors, whatever the inputs' strides (a compiled graph
+# trusts these strides).
 @fa4_varlen_fwd.register_fake
 def _(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, max_seqlen: int) -> tuple[Tensor, Tensor]:
-    return torch.empty_like(q), q.new_empty((q.size(1), q.size(0)), dtype=torch.float32)
+    return q.new_empty(q.shape), q.new_empty((q.size(1), q.size(0)), dtype=torch.float32)
 
 
 @torch.library.custom_op("pgolf::fa4_varlen_bwd", mutates_args=())
@@ -60,7 +62,7 @@ def fa4_varlen_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, l
 @fa4_varlen_bwd.register_fake
 def _(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, cu: Tensor,
       max_seqlen: int) -> tuple[Tensor, Tensor, Tensor]:
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output) -> None:
