@@ -1,28 +1,27 @@
 #!/usr/bin/env bash
 # Device call for issue 5: where pgolf's looped phase loses time against record #1855. model_step_bench.py times
 # one compiled pr1855 micro-step (98,304 tokens, forward + backward, real proxy batches) looped (progress 1.0) and
-# plain (progress 0.0): this checkout with mix-order reduction on (the preset) and off, and the checkout in
-# OLD_SRC with the preset, so a change of model code is measured on one GPU in one call.
+# plain (progress 0.0): this checkout with mix-order reduction on (the preset) and off, and, with OLD_SRC, another
+# checkout with the preset, so a change of model code is measured on one GPU in one call.
 #
-#   prepare: mkdir -p .carry/old && git archive 2df3e56 src | tar -x -C .carry/old     (the commit to compare with)
 #   carry: .whl .carry      command: bash benchmarks/issue5_looped_ab.sh
-#   env:   OLD_SRC=.carry/old/src | KERNELS=3 profiled steps per variant (0: none) | ITERS=10 timed micro-steps
+#   env:   OLD_SRC=.carry/old/src: also that checkout (prepare: mkdir -p .carry/old && git archive 2df3e56 src |
+#          tar -x -C .carry/old) | KERNELS=3 profiled steps per variant (0: none) | ITERS=10 timed micro-steps
 #          MORE="fa4:model.attn_backend=fa4 ..." extra variants of this checkout, at both progresses
-#   time on one H100 (estimate): setup ~30 s, then ~80 s per compiled variant (5 of them)
+#   time on one H100 (estimate): setup ~30 s, then ~80 s per compiled variant (4, +2 per MORE, +2 with OLD_SRC)
 set -uo pipefail
 source benchmarks/device_env.sh sp8192 || exit 1
-OLD_SRC=${OLD_SRC:-.carry/old/src}
+OLD_SRC=${OLD_SRC:-}
 COMMON=(--preset pr1855 --data data/proxy_sp8192 --iters "${ITERS:-10}" --kernels "${KERNELS:-3}")
 rc=0
 for prog in 1.0 0.0; do
-  variants=(--variant base)
+  variants=(--variant base --variant no_mix_order:train.mix_order_reduction=false)
   for v in ${MORE:-}; do variants+=(--variant "$v"); done
-  [ "$prog" = 1.0 ] && variants+=(--variant no_mix_order:train.mix_order_reduction=false)
   echo "=== this checkout, progress $prog ($(date +%T))"
   python3 benchmarks/model_step_bench.py "${COMMON[@]}" --progress "$prog" "${variants[@]}" \
-      --out "$OUT/model_step_progress${prog}.json" 2>&1 | grep -v "^USDT" | tail -4
+      --out "$OUT/model_step_progress${prog}.json" 2>&1 | grep -v "^USDT" | tail -8
   rc=$(( rc || PIPESTATUS[0] ))
-  if [ -d "$OLD_SRC/pgolf" ]; then
+  if [ -n "$OLD_SRC" ] && [ -d "$OLD_SRC/pgolf" ]; then
     echo "=== $OLD_SRC, progress $prog ($(date +%T))"
     PGOLF_SRC="$(cd "$OLD_SRC" && pwd)" python3 benchmarks/model_step_bench.py "${COMMON[@]}" --progress "$prog" \
         --variant old_base --out "$OUT/model_step_progress${prog}_old.json" 2>&1 | grep -v "^USDT" | tail -3
