@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from pgolf.fileio import atomic_write_json  # noqa: E402
-from pgolf.train.profile import summarize
+from pgolf.train.profile import activities, summarize
 
 
 def bench_cli(p: argparse.ArgumentParser, argv: list[str] | None, run: Callable[[argparse.Namespace], dict],
@@ -82,13 +82,11 @@ def kernel_table(step: Callable[[], Any], device: torch.device, steps: int, top:
                  reset: Callable[[], None] = lambda: None) -> list[dict]:
     """The `top` kernels of `steps` profiled runs of `step` (after timing, so compiled and autotuned): name, calls
     and µs per step, device time on CUDA (each kernel once, as ``pgolf.train.profile.summarize`` counts)."""
-    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA]
-                                                    if device.type == "cuda" else [])
-    with torch.profiler.profile(activities=acts) as prof:
+    with torch.profiler.profile(activities=activities(device)) as prof:
         for _ in range(steps):
             reset()
             step()
         sync(device)
     rows = summarize(prof, cuda=device.type == "cuda", steps=steps, top=top)["top"]
-    return [{"name": r["name"][:160], "calls_per_step": r["calls"] / steps, "us_per_step": round(1e3 * r["ms_per_step"], 1)}
-            for r in rows]
+    return [{"name": r["name"][:160], "calls_per_step": r["calls"] / steps,
+             "us_per_step": round(1e3 * r["ms_per_step"], 1)} for r in rows]

@@ -247,7 +247,8 @@ def measure(args) -> dict[str, Any]:
         "flops_formula": "pgolf.report.flops: 6 x matmul weights per virtual layer + 6 T_eff d causal attention "
                          "per virtual layer (documents cut at seq_len); looped layers counted after the switch",
         "t_eff": {"doc_isolated_seq2048": t_eff, "tokens_scanned": len(tokens)},
-        "profiled_steps": args.profile_steps, "profile_skip": args.profile_skip if args.profile_steps else None}  # > 0: tokens/s include profiler overhead, compare kernel times only
+        # profiled_steps > 0: tokens/s include profiler overhead, compare kernel times only
+        "profiled_steps": args.profile_steps, "profile_skip": args.profile_skip if args.profile_steps else None}
     hparams: dict[str, str] = {}
     if args.record:
         bucket = rec1855.record_bucket_size(train_files, record_cfg.train.micro_batch_tokens, record_cfg.train.seq_len)
@@ -324,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--stop-after-training", action="store_true",
                     help="stop pgolf once training ended (skip its evaluation and export)")
     ap.add_argument("--profile-steps", type=int, default=0,
-                    help="also profile this many steps of each run after PROFILE_SKIP timed ones (tokens/s of a "
+                    help="also profile this many steps of each run after --profile-skip timed ones (tokens/s of a "
                          "profiled run is not comparable; the report gets per-kind kernel time of both)")
     ap.add_argument("--profile-skip", type=int, default=PROFILE_SKIP,
                     help="timed steps before the profiled window (past the loop switch to profile looped layers)")

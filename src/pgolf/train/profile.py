@@ -33,6 +33,11 @@ KINDS = (  # first match wins; names as CUDA kernels and CPU ops appear in the p
 )
 
 
+def activities(device: torch.device) -> list[ProfilerActivity]:
+    """What torch.profiler records: host ops, and the device's kernels on CUDA."""
+    return [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+
+
 def kind_of(name: str) -> str:
     return next((kind for kind, pat in KINDS if pat.search(name)), "other")
 
@@ -60,8 +65,7 @@ class StepProfiler:
             return
         self._last = step
         if self._prof is None and step == self.skip:
-            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
-            self._prof = profile(activities=acts, record_shapes=False)
+            self._prof = profile(activities=activities(self.device), record_shapes=False)
             self._prof.__enter__()
         elif self._prof is not None and step == self.skip + self.steps:
             self.close()
