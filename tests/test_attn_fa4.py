@@ -38,7 +38,6 @@ class ReferenceFA4:
     """FA4's `_flash_attn_fwd` / `_flash_attn_bwd` as plain torch (fp32 math), with the keywords the ops pass."""
 
     calls: tuple[str, ...] = ()
-    bwd_kv_heads: tuple[int, ...] = ()  # K/V heads each backward call received
 
     @classmethod
     def _flash_attn_fwd(cls, q, k, v, *, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, return_lse):
@@ -54,7 +53,6 @@ class ReferenceFA4:
                         max_seqlen_k):
         assert causal and dout.is_contiguous()
         cls.calls += ("bwd",)
-        cls.bwd_kv_heads += (k.size(1),)
         n, h, d = q.shape
         g = h // k.size(1)
         s, _ = _probs(q, k, cu_seqlens_q)
@@ -72,7 +70,7 @@ class ReferenceFA4:
 
 @pytest.fixture
 def reference_fa4(monkeypatch):
-    ReferenceFA4.calls, ReferenceFA4.bwd_kv_heads = (), ()
+    ReferenceFA4.calls = ()
     monkeypatch.setattr(attn_fa4, "require_fa4", lambda: ReferenceFA4)
     return ReferenceFA4
 
@@ -105,41 +103,14 @@ def test_ops_match_torch_attention_forward_and_backward(reference_fa4, Hkv):
     assert reference_fa4.calls == ("fwd", "bwd")
 
 
-@pytest.mark.parametrize("Hkv", [4, 2, 1])
-def test_expanded_kv_backward_gives_the_same_gradients(reference_fa4, Hkv):
-    cu = padded_cu_seqlens(ids_with_docs(), bos_id=1, doc_isolated=True, size=16)
-    grads = {}
-    for expand in (False, True):
-        q, k, v = qkv(Hkv=Hkv)
-        out = attn_fa4.attend_fa4(q, k, v, cu, expand_kv=expand)
-        w = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
-        grads[expand] = torch.autograd.grad((out * w).sum(), (q, k, v))
-    for a, b, name in zip(grads[True], grads[False], "qkv"):
-        assert a.shape == b.shape
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=f"d{name}")
-    assert reference_fa4.bwd_kv_heads == (Hkv, 4)  # the expanded call saw every query head's own K/V
-
-
-def test_expand_kv_is_off_by_default_and_needs_fa4():
-    from pgolf.model.attention import CausalSelfAttention
-
-    cfg = ModelConfig(attn_backend="fa4", num_heads=4, num_kv_heads=2, model_dim=32)
-    assert not cfg.fa4_bwd_expand_kv and not CausalSelfAttention(cfg, 0).fa4_expand_kv
-    assert CausalSelfAttention(ModelConfig(attn_backend="fa4", fa4_bwd_expand_kv=True, num_heads=4, num_kv_heads=2,
-                                           model_dim=32), 0).fa4_expand_kv
-    with pytest.raises(ValueError, match=r"model.fa4_bwd_expand_kv=True .* got 'varlen'"):
-        ModelConfig(attn_backend="varlen", fa4_bwd_expand_kv=True)
-
-
 def test_ops_trace_into_one_compiled_graph(reference_fa4):
     q, k, v = qkv()
     cu = padded_cu_seqlens(ids_with_docs(), bos_id=1, doc_isolated=True, size=16)
     compiled = torch.compile(attn_fa4.attend_fa4, backend="aot_eager", fullgraph=True)  # fails on a graph break
     torch._dynamo.reset()
-    out = compiled(q, k, v, cu, expand_kv=True)
+    out = compiled(q, k, v, cu)
     out.sum().backward()
     assert q.grad is not None and k.grad.shape == k.shape and reference_fa4.calls == ("fwd", "bwd")
-    assert reference_fa4.bwd_kv_heads == (4,)  # the flag reached the backward through the graph
     torch.testing.assert_close(out, _attend_varlen(q, k, v, cu), atol=1e-5, rtol=1e-5)
 
 
@@ -210,8 +181,8 @@ def _fa4_gpu() -> bool:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("compiled,expand_kv", [(False, False), (True, False), (True, True)])
-def test_fa4_kernels_match_torch_varlen_kernel(compiled, expand_kv):
+@pytest.mark.parametrize("compiled", [False, True])
+def test_fa4_kernels_match_torch_varlen_kernel(compiled):
     if not _fa4_gpu():
         pytest.skip("needs a Hopper/Blackwell GPU and flash-attn-4")
     dev = torch.device("cuda")
@@ -223,7 +194,7 @@ def test_fa4_kernels_match_torch_varlen_kernel(compiled, expand_kv):
     ids[torch.rand(B, T, generator=torch.Generator().manual_seed(2)) < 0.003] = 1
     cu = padded_cu_seqlens(ids, bos_id=1, doc_isolated=True, size=128).to(dev)
     fn = torch.compile(attn_fa4.attend_fa4, fullgraph=True) if compiled else attn_fa4.attend_fa4
-    got = fn(q, k, v, cu, expand_kv=expand_kv)
+    got = fn(q, k, v, cu)
     want = attend(q, k, v, cu, "varlen")
     w = torch.randn_like(want)
     g_got = torch.autograd.grad((got.float() * w).sum(), (q, k, v))

@@ -75,7 +75,6 @@ class ModelConfig:
     doc_isolated: bool = False  # no attention across a BOS (bos_id) boundary, train and eval (VarLen, PR #1530)
     attn_backend: str = "sdpa"  # sdpa | flex | varlen (torch's FlashAttention varlen) | fa3 | fa4 (optional packages)
     sdpa_priority: str = "default"  # default (torch: flash first) | cudnn: cuDNN attention first (faster on H100)
-    fa4_bwd_expand_kv: bool = False  # fa4 + GQA: backward on K/V repeated to H heads, dK/dV summed back (attn_fa4.py)
     # --- MLP, residual stream, token mixing, head and init techniques (each off by default) ---
     # Checked in _check_stack_techniques; formulas and PRs in the model modules (mlp, block, gpt, embed, recurrence).
     mlp_act: str = "relu2"  # relu2 | leaky_relu2 (PR #493; TOP, #1880, #1969) | swiglu (PR #2, width-matched)
@@ -147,9 +146,6 @@ class ModelConfig:
                              "model.gated_attn, model.sparse_attn_gate_width or model.attn_out_gate_width")
         _check_choice("model.attn_backend", self.attn_backend, ("sdpa", "flex", "varlen", "fa3", "fa4"))
         _check_choice("model.sdpa_priority", self.sdpa_priority, ("default", "cudnn"))
-        if self.fa4_bwd_expand_kv and self.attn_backend != "fa4":
-            raise ValueError("model.fa4_bwd_expand_kv=True changes FA4's backward; it needs model.attn_backend='fa4', "
-                             f"got {self.attn_backend!r}")
 
     def _check_stack_techniques(self) -> None:
         """MLP, residual-stream, token-mixing and init fields (the section above)."""

@@ -69,7 +69,7 @@ class CausalSelfAttention(nn.Module):
         cos, sin = rope_tables(self.rope_train_len, rope_inv_freq(self.rope_dims, self.rope_base), torch.float32)
         self.register_buffer("rope_cos", cos.transpose(1, 2).contiguous(), persistent=False)
         self.register_buffer("rope_sin", sin.transpose(1, 2).contiguous(), persistent=False)
-        self.backend, self.fa4_expand_kv = cfg.attn_backend, cfg.fa4_bwd_expand_kv
+        self.backend = cfg.attn_backend
         if self.backend == "fa3":
             require_fa3()  # fail at build time, not at the first forward
         elif self.backend == "varlen":
@@ -117,7 +117,7 @@ class CausalSelfAttention(nn.Module):
         gain = self.q_gain if temp == 1.0 else self.q_gain * temp  # YaRN temperature; T is static under compile
         q = q * gain.to(q.dtype)[None, None, :, None]
         v = v.transpose(1, 2)
-        y = attend(q.transpose(1, 2), k.transpose(1, 2), v, ctx, self.backend, self.fa4_expand_kv)  # (B, H, T, hd)
+        y = attend(q.transpose(1, 2), k.transpose(1, 2), v, ctx, self.backend)  # (B, H, T, hd)
         if self.use_xsa:
             y = xsa_project_out(y, v, torch.tanh(self.xsa_alpha).to(y.dtype) if self.xsa_gated else None)
         if self.gate_kind != "none":

@@ -5,13 +5,8 @@ FA4 ships an ``autograd.Function`` around Python-JIT kernels, which dynamo canno
 ``torch.compile`` would break on it. Here its forward and backward are two torch custom ops with fake (shape)
 implementations, so the compiled training graph keeps them as opaque nodes, as FA3's own torch ops do for #1855:
 
-    out, lse   = pgolf::fa4_varlen_fwd(q, k, v, cu, max_seqlen, expand_kv)  # q (N, H, D), k/v (N, Hkv, D)
-    dq, dk, dv = pgolf::fa4_varlen_bwd(dout, q, k, v, out, lse, cu, max_seqlen, expand_kv)  # lse (H, N) fp32
-
-cu is int32 (S+1,). With GQA, FA4's SM90 backward sums each K/V head's gradient over its query heads in fp32
-buffers (zero-filled, atomically added, then converted by a postprocess kernel). ``expand_kv``
-(``model.fa4_bwd_expand_kv``) instead repeats K/V to H heads for the backward, which FA4 then stores directly, and
-sums dK/dV over each group of H/Hkv heads here: the same gradients, another memory trade.
+    out, lse   = pgolf::fa4_varlen_fwd(q, k, v, cu, max_seqlen)   # q (N, H, D), k/v (N, Hkv, D), cu int32 (S+1,)
+    dq, dk, dv = pgolf::fa4_varlen_bwd(dout, q, k, v, out, lse, cu, max_seqlen)    # lse (H, N) fp32
 
 Softmax scale 1/sqrt(D), as the other backends. Install where there is a GPU:
 ``pip install flash-attn-4 "nvidia-cutlass-dsl[cu13]"`` (CUDA 13; ``[cu12]`` for CUDA 12).
@@ -41,10 +36,8 @@ def require_fa4() -> Any:
 
 
 @torch.library.custom_op("pgolf::fa4_varlen_fwd", mutates_args=())
-def fa4_varlen_fwd(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, max_seqlen: int,
-                   expand_kv: bool = False) -> tuple[Tensor, Tensor]:
-    """(out (N, H, D) in q's dtype, lse (H, N) fp32) of causal attention within each segment of cu; expand_kv
-    only chooses how the backward runs."""
+def fa4_varlen_fwd(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, max_seqlen: int) -> tuple[Tensor, Tensor]:
+    """(out (N, H, D) in q's dtype, lse (H, N) fp32) of causal attention within each segment of cu."""
     out, lse, *_ = require_fa4()._flash_attn_fwd(q, k, v, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max_seqlen,
                                                  max_seqlen_k=max_seqlen, causal=True, return_lse=True)
     return out, lse
@@ -53,50 +46,45 @@ def fa4_varlen_fwd(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, max_seqlen: int,
 # The fakes give what FA4 allocates: fresh contiguous tensors, whatever the inputs' strides (a compiled graph
 # trusts these strides).
 @fa4_varlen_fwd.register_fake
-def _(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, max_seqlen: int, expand_kv: bool = False) -> tuple[Tensor, Tensor]:
+def _(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, max_seqlen: int) -> tuple[Tensor, Tensor]:
     return q.new_empty(q.shape), q.new_empty((q.size(1), q.size(0)), dtype=torch.float32)
 
 
 @torch.library.custom_op("pgolf::fa4_varlen_bwd", mutates_args=())
 def fa4_varlen_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, cu: Tensor,
-                   max_seqlen: int, expand_kv: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-    group = q.size(1) // k.size(1)
-    if expand_kv and group > 1:  # q head h reads K/V head h // group, as in FA4's own GQA
-        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+                   max_seqlen: int) -> tuple[Tensor, Tensor, Tensor]:
     dq, dk, dv, *_ = require_fa4()._flash_attn_bwd(q, k, v, out, dout.contiguous(), lse, causal=True,
                                                    cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max_seqlen,
                                                    max_seqlen_k=max_seqlen)
-    if expand_kv and group > 1:
-        dk, dv = (t.unflatten(1, (-1, group)).sum(2) for t in (dk, dv))
     return dq, dk, dv
 
 
 @fa4_varlen_bwd.register_fake
 def _(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, cu: Tensor,
-      max_seqlen: int, expand_kv: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+      max_seqlen: int) -> tuple[Tensor, Tensor, Tensor]:
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    q, k, v, cu, max_seqlen, expand_kv = inputs
+    q, k, v, cu, max_seqlen = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, cu)
-    ctx.max_seqlen, ctx.expand_kv = max_seqlen, expand_kv
+    ctx.max_seqlen = max_seqlen
 
 
 def _backward(ctx, g_out: Tensor, _g_lse: Tensor | None):
     q, k, v, out, lse, cu = ctx.saved_tensors
-    dq, dk, dv = torch.ops.pgolf.fa4_varlen_bwd(g_out, q, k, v, out, lse, cu, ctx.max_seqlen, ctx.expand_kv)
-    return dq, dk, dv, None, None, None
+    dq, dk, dv = torch.ops.pgolf.fa4_varlen_bwd(g_out, q, k, v, out, lse, cu, ctx.max_seqlen)
+    return dq, dk, dv, None, None
 
 
 fa4_varlen_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def attend_fa4(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, expand_kv: bool = False) -> Tensor:
+def attend_fa4(q: Tensor, k: Tensor, v: Tensor, cu: Tensor) -> Tensor:
     """(B, H, T, D) q over (B, Hkv, T, D) k, v -> (B, H, T, D), causal within the segments of the flattened
     stream. Views in and out when q, k, v are transposed (B, T, H, D) tensors, as attention.py passes them."""
     B, H, T, D = q.shape
     flat = [t.transpose(1, 2).reshape(B * T, t.size(1), D) for t in (q, k, v)]
-    out, _ = torch.ops.pgolf.fa4_varlen_fwd(*flat, cu, T, expand_kv)
+    out, _ = torch.ops.pgolf.fa4_varlen_fwd(*flat, cu, T)
     return out.reshape(B, T, H, D).transpose(1, 2)
