@@ -8,15 +8,16 @@
 #   env:   OLD_SRC=.carry/old/src: also that checkout (prepare: mkdir -p .carry/old && git archive 2df3e56 src |
 #          tar -x -C .carry/old) | KERNELS=3 profiled steps per variant (0: none) | ITERS=10 timed micro-steps
 #          MORE="fa4:model.attn_backend=fa4 ..." extra variants of this checkout, at both progresses
+#          VARIANTS="..." replaces the two default variants (base, no_mix_order) | PROGRESS="1.0 0.0" which to run
 #   time on one H100 (estimate): setup ~30 s, then ~80 s per compiled variant (4, +2 per MORE, +2 with OLD_SRC)
 set -uo pipefail
 source benchmarks/device_env.sh sp8192 || exit 1
 OLD_SRC=${OLD_SRC:-}
 COMMON=(--preset pr1855 --data data/proxy_sp8192 --iters "${ITERS:-10}" --kernels "${KERNELS:-3}")
 rc=0
-for prog in 1.0 0.0; do
-  variants=(--variant base --variant no_mix_order:train.mix_order_reduction=false)
-  for v in ${MORE:-}; do variants+=(--variant "$v"); done
+for prog in ${PROGRESS:-1.0 0.0}; do
+  variants=()
+  for v in ${VARIANTS:-base no_mix_order:train.mix_order_reduction=false} ${MORE:-}; do variants+=(--variant "$v"); done
   echo "=== this checkout, progress $prog ($(date +%T))"
   python3 benchmarks/model_step_bench.py "${COMMON[@]}" --progress "$prog" "${variants[@]}" \
       --out "$OUT/model_step_progress${prog}.json" 2>&1 | grep -v "^USDT" | tail -8

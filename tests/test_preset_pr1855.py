@@ -51,8 +51,8 @@ def test_pr1855_matches_the_record(field, value):
     assert _get(get_preset("pr1855"), field) == value
 
 
-def test_pr1855_turns_on_inductors_mix_order_reduction_for_training():  # measured +0.75% tokens/s on an H100
-    assert get_preset("pr1855").train.mix_order_reduction and not get_preset("baseline").train.mix_order_reduction
+def test_pr1855_leaves_inductors_mix_order_reduction_off():  # on: 162.5 vs 155.6 ms per looped micro-step (H100)
+    assert not get_preset("pr1855").train.mix_order_reduction and not get_preset("baseline").train.mix_order_reduction
 
 
 def test_pr1855_shape_on_one_and_eight_gpus():

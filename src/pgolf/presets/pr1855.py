@@ -25,8 +25,13 @@ Not reproduced (yet) by pgolf, so this preset is the record's training recipe, n
   torch.compile, PyTorch's FlashAttention varlen kernel (``attn_backend=varlen``, cu_seqlens padded like the
   record's loader) and DDP. The fused softcapped CE and the fused LeakyReLU² MLP are pgolf's own kernels
   (``model.fused_ce``, ``model.fused_mlp``). On one H100 the MLP kernel measured +0.3% tokens/s overall, +0.7%
-  before the loops, and inductor's mix-order reduction fusion in the training graph
-  (``train.mix_order_reduction``) +0.75% more (benchmarks/results/throughput_pgolf_h100_*.json).
+  before the loops (benchmarks/results/throughput_pgolf_h100_*.json). Inductor's mix-order reduction
+  (``train.mix_order_reduction``) stays off: one compiled micro-step, same GPU, takes 103.2 ms with it and 103.5
+  without before the loops, but 162.5 against 155.6 ms once they run (one over-fused reduction kernel;
+  benchmarks/results/model_step_fa4_mixorder_progress*_h100.json).
+  ``--set model.attn_backend=fa4`` (FlashAttention-4, an optional install) is the fastest attention on an H100:
+  the same micro-step takes 89.3 / 140.7 ms (mix-order on), and a whole run with both goes 1.12x the record's tokens/s
+  (benchmarks/results/throughput_issue5.json).
   ``attn_backend=flex`` gives the same attention, but on an H100 with torch 2.11 its compiled no-grad graph
   (evaluation) faults (benchmarks/results/diag_doc_isolated_h100_narrowing.json).
 - The per-group lrzip (ZPAQ) back-end and row similarity sort: pgolf's ``compressor=pergroup`` picks among its own
@@ -65,7 +70,6 @@ def preset() -> RunConfig:
             seed=42, wallclock_s=600.0, iterations=20000, batch_tokens=786_432, micro_batch_tokens=98_304,
             seq_len=2048, warmup_steps=20, warmdown_frac=0.85, min_lr=0.1, val_every=0, log_every=500,
             ema_decay=0.9965, loader="docpack",
-            mix_order_reduction=True,  # pgolf's: +0.75% tokens/s on one H100 (the training graph only)
         ),
         quant=QuantConfig(
             scheme="mixed", matrix_bits=6, embed_bits=7, clip="sdclip",
