@@ -89,7 +89,7 @@ def time_variant(variant: str, args, params: tuple, g) -> dict:
 
         r = time_steps(step, torch.device(args.device), args.warmup, args.iters, reset=reset)
         if args.kernels:
-            r["kernels"] = kernel_table(step, torch.device(args.device), args.kernels, reset=reset)
+            r.update(kernel_table(step, torch.device(args.device), args.kernels, reset=reset))
         return r
     except Exception as e:  # noqa: BLE001
         return {"error": f"{type(e).__name__}: {str(e)[:300]}"}

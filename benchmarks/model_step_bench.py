@@ -14,6 +14,10 @@ Each is built as the training loop builds its model: ``cast_for_training``, ``tr
 real micro-batches of the preset's loader, with cu_seqlens padded as in training. Gradients accumulate over the
 steps, as over a training step's micro-steps. Reported per variant: ms per micro-step (median, mean), tokens/s,
 peak memory, the seconds of its first step (compile), and with ``--kernels N`` the top kernels of N more steps.
+
+``--full-step`` times the training loop's whole step instead (``pgolf.train.step.TrainStep``: every micro-batch
+from the loader, clip, optimizers, EMA), so 8 x a micro-step against a step is what the loop adds; each timed step
+starts on an idle GPU (a sync between steps), which the loop itself does not have.
 """
 
 from __future__ import annotations
@@ -37,10 +41,17 @@ from pgolf.data.dataset import Dataset
 from pgolf.data.loaders_common import build_loader
 from pgolf.fileio import atomic_write_json
 from pgolf.model.gpt import GPT, cast_for_training
+from pgolf.optim.builder import build_optimizers
 from pgolf.presets import get_preset
-from pgolf.train.loop import (autocast_ctx, avoid_inductor_fusion_bug, fix_segment_sizes, next_micro_batch,
-                              training_compile_kwargs)
-from pgolf.train.runtime import seed_everything
+from pgolf.train.ema import WeightAverager
+from pgolf.train.loop import avoid_inductor_fusion_bug, fix_segment_sizes, training_compile_kwargs
+from pgolf.train.qat import LateQAT
+from pgolf.train.runtime import Runtime, seed_everything
+try:  # one training step has its own module since 2026-11-23
+    from pgolf.train.step import TrainStep, autocast_ctx, next_micro_batch
+except ImportError:  # an older checkout (PGOLF_SRC): micro-steps only
+    from pgolf.train.loop import autocast_ctx, next_micro_batch
+    TrainStep = None
 from step_timer import kernel_table, sync, time_steps
 # isort: on
 
@@ -72,16 +83,30 @@ def run_variant(name: str, overrides: list[str], args) -> dict:
     fix_segment_sizes(model, data, tc, [])
     loader = build_loader(tc, data, rank=0, world_size=1)
     batches = itertools.cycle([next_micro_batch(loader, model, tc, device) for _ in range(args.batches)])
+    qat = LateQAT.from_config(model, tc) if args.full_step else None  # before the compile, as the loop does
     if tc.compile:
         avoid_inductor_fusion_bug()
     net = torch.compile(model, **training_compile_kwargs(tc)) if tc.compile else model
 
-    def step() -> torch.Tensor:
+    def micro_step() -> torch.Tensor:
         x, y, extra = next(batches)
         with autocast_ctx(device):
             loss = net(x, y, **extra)
         loss.backward()
         return loss.detach()
+
+    step, tokens = micro_step, tc.micro_batch_tokens
+    if args.full_step:  # the loop's own step: its micro-batches from the loader, then clip, optimizers, EMA
+        rt = Runtime(rank=0, local_rank=0, world_size=1, device=device, distributed=False)
+        full = TrainStep(model, net, build_optimizers(model, cfg.optim), loader, cfg, tc, rt, qat=qat,
+                         averager=WeightAverager.from_config(model, tc), log=lambda msg: None)
+        count = itertools.count()
+        elapsed = args.progress * tc.wallclock_s  # the schedule's point; the model's progress is forced to it
+
+        def step() -> torch.Tensor:
+            return full(next(count), elapsed, at=args.progress)
+
+        tokens = tc.batch_tokens
 
     t0 = time.perf_counter()
     step()
@@ -89,11 +114,11 @@ def run_variant(name: str, overrides: list[str], args) -> dict:
     first_s = time.perf_counter() - t0
     r = time_steps(step, device, args.warmup, args.iters)
     r.pop("last")
-    tokens = tc.micro_batch_tokens
     out = {"variant": name, "overrides": overrides, "looping": bool(getattr(model, "looping", False)),
+           "timed": "step" if args.full_step else "micro-step",
            "first_step_s": round(first_s, 1), **r, "tokens_per_s": round(tokens / (r["ms_median"] * 1e-3))}
     if args.kernels:
-        out["kernels"] = kernel_table(step, device, args.kernels, top=args.top)
+        out.update(kernel_table(step, device, args.kernels, top=args.top))  # kernels, device_time (GPU idle)
     return out
 
 
@@ -110,8 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--kernels", type=int, default=0, metavar="N", help="profile N more steps per variant")
     p.add_argument("--top", type=int, default=25, help="kernels listed per variant with --kernels")
+    p.add_argument("--full-step", action="store_true",
+                   help="time the training loop's whole step (train.batch_tokens: every micro-batch, then clip, "
+                        "optimizers and EMA; pgolf.train.step.TrainStep), not one micro-step")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
+    if args.full_step and TrainStep is None:
+        p.error("--full-step needs a checkout with pgolf/train/step.py (PGOLF_SRC is older)")
     try:
         variants = [parse_variant(v) for v in args.variant]
         for _, overrides in variants:  # a bad override fails before anything is compiled
@@ -127,9 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # noqa: BLE001 (reported per variant; the others still run)
             r = {"variant": name, "overrides": overrides, "error": f"{type(e).__name__}: {str(e)[:400]}"}
         results.append(r)
-        print(f"{name:20s} " + (f"{r['ms_median']:9.2f} ms/micro-step  {r['tokens_per_s']:>11,} tok/s  "
+        print(f"{name:20s} " + (f"{r['ms_median']:9.2f} ms/{r['timed']}  {r['tokens_per_s']:>11,} tok/s  "
                                 f"first step {r['first_step_s']} s  peak {r['peak_mib']} MiB"
-                                if "error" not in r else r["error"]), flush=True)
+                                if "error" not in r else r["error"])
+              + (f"  GPU idle {r['device_time']['idle']:.1f} of {r['device_time']['span']:.1f} ms"
+                 if r.get("device_time") else ""), flush=True)
     base = next((r for r in results if "error" not in r), None)
     for r in results:
         if base and "error" not in r:
@@ -139,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "torch": torch.__version__,
         "pgolf_src": str(Path(sys.modules["pgolf"].__file__).parents[1]),
         "preset": args.preset, "data": str(args.data), "sets": args.set, "progress": args.progress,
-        "warmup": args.warmup, "iters": args.iters, "results": results})
+        "warmup": args.warmup, "iters": args.iters, "full_step": args.full_step, "results": results})
     print(f"wrote {args.out}")
     return 1 if any("error" in r for r in results) else 0
 

@@ -79,14 +79,16 @@ def time_steps(step: Callable[[], Any], device: torch.device, warmup: int, iters
 
 
 def kernel_table(step: Callable[[], Any], device: torch.device, steps: int, top: int = 8,
-                 reset: Callable[[], None] = lambda: None) -> list[dict]:
-    """The `top` kernels of `steps` profiled runs of `step` (after timing, so compiled and autotuned): name, calls
-    and µs per step, device time on CUDA (each kernel once, as ``pgolf.train.profile.summarize`` counts)."""
+                 reset: Callable[[], None] = lambda: None) -> dict:
+    """`steps` profiled runs of `step` (after timing, so compiled and autotuned): ``kernels``, the `top` kernels
+    with name, calls and µs per step (device time on CUDA, each kernel once, as ``pgolf.train.profile.summarize``
+    counts), and on CUDA ``device_time``, the GPU's span, busy and idle ms per step (``profile.device_busy``)."""
     with torch.profiler.profile(activities=activities(device)) as prof:
         for _ in range(steps):
             reset()
             step()
         sync(device)
-    rows = summarize(prof, cuda=device.type == "cuda", steps=steps, top=top)["top"]
-    return [{"name": r["name"][:160], "calls_per_step": r["calls"] / steps,
-             "us_per_step": round(1e3 * r["ms_per_step"], 1)} for r in rows]
+    rep = summarize(prof, cuda=device.type == "cuda", steps=steps, top=top)
+    return {"kernels": [{"name": r["name"][:160], "calls_per_step": r["calls"] / steps,
+                         "us_per_step": round(1e3 * r["ms_per_step"], 1)} for r in rep["top"]],
+            "device_time": rep.get("device_time")}

@@ -174,7 +174,8 @@ def read_profile(path: Path, top: int = 15) -> dict[str, Any] | None:
         return None
     rep = json.loads(path.read_text())
     return {"path": str(path), "steps": rep["steps"], "skip": rep.get("skip"), "clock": rep["clock"],
-            "total_ms_per_step": rep["total_ms_per_step"], "kinds": rep["kinds"], "top": rep["top"][:top]}
+            "total_ms_per_step": rep["total_ms_per_step"], "kinds": rep["kinds"], "top": rep["top"][:top],
+            "device_time": rep.get("device_time")}
 
 
 def analyze(res: dict[str, Any], pf: PhaseFlops, peak: float | None) -> dict[str, Any]:
@@ -306,6 +307,9 @@ def print_table(result: dict[str, Any]) -> None:
             row = [None if not p else p["total_ms_per_step"] if kind == "total" else
                    (p["kinds"].get(kind) or {}).get("ms_per_step", 0.0) for p in profiles.values()]
             print(f"{kind:12s}", *(f"{fmt(v, '.1f'):>10s}" for v in row))
+        for key in ("busy", "idle", "span"):  # the GPU's timeline over the window: idle = waiting for the host
+            row = [((p or {}).get("device_time") or {}).get(key) for p in profiles.values()]
+            print(f"{'GPU ' + key:12s}", *(f"{fmt(v, '.1f'):>10s}" for v in row))
     if result.get("equal_model_mismatches"):
         print("NOT the same model/batch:", result["equal_model_mismatches"])
 

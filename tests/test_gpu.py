@@ -68,7 +68,7 @@ def test_training_micro_batch_builds_cu_seqlens_without_a_device_sync(byte_datas
     from pgolf.data.dataset import Dataset
     from pgolf.data.loaders_common import build_loader
     from pgolf.model.attn_backends import padded_cu_seqlens
-    from pgolf.train.loop import next_micro_batch
+    from pgolf.train.step import next_micro_batch
 
     cfg = tiny_run_config(byte_dataset, tmp_path / "runs", device="cuda", loader="docpack")
     mcfg = dataclasses.replace(cfg.model, attn_backend="varlen", doc_isolated=True)

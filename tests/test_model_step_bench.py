@@ -75,3 +75,23 @@ def test_pgolf_src_runs_another_checkout(byte_dataset, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(out.read_text())
     assert res["pgolf_src"] == str(other) and res["results"][0]["ms_median"] > 0
+
+
+def test_full_step_times_the_loops_own_step(byte_dataset, tmp_path, monkeypatch):
+    calls = []
+
+    class Counted(msb.TrainStep):
+        def __call__(self, step, elapsed, priming=False, at=None):
+            calls.append((step, at, self.accum, self.averager is not None))
+            return super().__call__(step, elapsed, priming=priming, at=at)
+
+    monkeypatch.setattr(msb, "TrainStep", Counted)
+    out = tmp_path / "m.json"
+    rc = msb.main(argv(byte_dataset, out, "--full-step", "--progress", "0.5", "--set", "train.batch_tokens=256",
+                       "--set", "train.ema_decay=0.99", "--variant", "base"))
+    res = json.loads(out.read_text())
+    r = res["results"][0]
+    assert rc == 0 and res["full_step"] and r["timed"] == "step"
+    assert r["tokens_per_s"] == round(256 / (r["ms_median"] * 1e-3))  # a step is train.batch_tokens
+    # first (compile) step, 1 warm-up, 2 timed: steps 0..3 at the forced progress, 2 micro-batches each, with EMA
+    assert calls == [(i, 0.5, 2, True) for i in range(4)]

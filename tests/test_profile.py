@@ -10,7 +10,7 @@ from conftest import tiny_run_config, train_cpu
 from torch.autograd import DeviceType
 
 from pgolf.config import TrainConfig
-from pgolf.train.profile import PROFILE_SKIP, kind_of, summarize
+from pgolf.train.profile import PROFILE_SKIP, device_busy, kind_of, summarize
 
 
 @pytest.mark.parametrize("name, kind", [
@@ -60,18 +60,38 @@ def test_off_by_default_writes_nothing(byte_dataset, tmp_path):
 def test_cuda_report_counts_each_kernel_once():
     """A CPU op carries its kernels' time as its own device time; only the device's records may count (the first
     H100 profile of pr1855 had every launching op twice: 243 ms/step where the kernels took about half)."""
-    def ev(name, device, dev_us, cpu_us=5.0):
+    clock = iter(range(0, 10_000, 1000))  # device records 1 ms apart, each as long as its self time
+
+    def ev(name, device, dev_us, cpu_us=5.0, annotation=False):
+        start = next(clock)
         return SimpleNamespace(name=name, device_type=device, self_device_time_total=dev_us,
-                               self_cpu_time_total=cpu_us)
+                               self_cpu_time_total=cpu_us, is_user_annotation=annotation,
+                               time_range=SimpleNamespace(start=start, end=start + dev_us))
 
     cpu, gpu = DeviceType.CPU, DeviceType.CUDA
     events = [ev("aten::mm", cpu, 300.0), ev("nvjet_sm90_tst_256x128", gpu, 300.0),
               ev("triton_poi_fused_add_0", cpu, 100.0), ev("triton_poi_fused_add_0", gpu, 100.0),
               ev("aten::_flash_attention_forward", cpu, 600.0), ev("pytorch_flash::flash_fwd_kernel", gpu, 600.0),
-              ev("Command Buffer Full", gpu, 50.0), ev("triton_poi_fused_add_0", gpu, 100.0)]
+              ev("Command Buffer Full", gpu, 50.0), ev("triton_poi_fused_add_0", gpu, 100.0),
+              ev("Optimizer.step#Muon.step", gpu, 400.0, annotation=True)]  # a range over kernels counted above
     rep = summarize(SimpleNamespace(events=lambda: events), cuda=True, steps=2)
     assert rep["total_ms_per_step"] == pytest.approx(1.1 / 2)
     assert {k: v["ms_per_step"] for k, v in rep["kinds"].items()} == pytest.approx(
         {"attention": 0.3, "matmul": 0.15, "fused": 0.1})
     assert [(r["name"], r["calls"]) for r in rep["top"]][-1] == ("triton_poi_fused_add_0", 2)
-    assert summarize(SimpleNamespace(events=lambda: events), cuda=False, steps=1)["total_ms_per_step"] == 0.04
+    # counted device records run 1-1.3, 3-3.1, 5-5.6 and 7-7.1 ms: a 6.1 ms window, busy 1.1 ms of it (per step: / 2)
+    assert rep["device_time"] == pytest.approx({"span": 6.1 / 2, "busy": 1.1 / 2, "idle": 5.0 / 2})
+    assert summarize(SimpleNamespace(events=lambda: events), cuda=False, steps=1)["total_ms_per_step"] == 0.045
+
+
+def test_device_busy_is_the_union_of_device_records_and_idle_the_rest():
+    """Kernels overlapping on two streams count once; a gap is idle; CPU ops and annotation ranges are not work."""
+    def ev(start, end, device=DeviceType.CUDA, name="k", annotation=False):
+        return SimpleNamespace(name=name, device_type=device, is_user_annotation=annotation,
+                               time_range=SimpleNamespace(start=start, end=end))
+
+    events = [ev(0, 10), ev(5, 12), ev(20, 30), ev(26, 28),  # busy 0-12 and 20-30: 22 of a 40 µs span
+              ev(12, 20, device=DeviceType.CPU), ev(0, 40, annotation=True), ev(30, 40, name="Buffer Flush"),
+              ev(35, 40)]
+    assert device_busy(events) == {"span": 40, "busy": 27, "idle": 13}
+    assert device_busy([]) == {"span": 0.0, "busy": 0.0, "idle": 0.0}

@@ -195,16 +195,17 @@ def test_training_micro_batches_carry_cu_seqlens_built_on_the_host(byte_dataset,
     from pgolf.data.dataset import Dataset
     from pgolf.data.loaders_common import build_loader
     from pgolf.model.gpt import GPT
+    from pgolf.train import step as train_step
 
     cfg = tiny_run_config(byte_dataset, tmp_path / "runs", loader="docpack")
     model = GPT(dataclasses.replace(cfg.model, attn_backend="varlen", doc_isolated=True))
     moved = []
-    monkeypatch.setattr(loop, "host_to_device", lambda *t, device: moved.append(t) or t)
+    monkeypatch.setattr(train_step, "host_to_device", lambda *t, device: moved.append(t) or t)
     data = Dataset.open(cfg.data, cfg.model.vocab_size)
-    x, y, extra = loop.next_micro_batch(build_loader(cfg.train, data), model, cfg.train, torch.device("cpu"))
+    x, y, extra = train_step.next_micro_batch(build_loader(cfg.train, data), model, cfg.train, torch.device("cpu"))
     x0, y0 = build_loader(cfg.train, data).next_batch(cfg.train.micro_batch_tokens, cfg.train.seq_len)
     assert torch.equal(x, x0) and torch.equal(y, y0)
     assert torch.equal(extra["cu_seqlens"], model.attn_inputs(x0)["cu_seqlens"])
     assert len(moved) == 1 and moved[0][2] is extra["cu_seqlens"]  # copied with the batch, in one call
     sdpa = GPT(cfg.model)
-    assert loop.next_micro_batch(build_loader(cfg.train, data), sdpa, cfg.train, torch.device("cpu"))[2] == {}
+    assert train_step.next_micro_batch(build_loader(cfg.train, data), sdpa, cfg.train, torch.device("cpu"))[2] == {}

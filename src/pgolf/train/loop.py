@@ -4,7 +4,7 @@
     torchrun --nproc_per_node=8 -m pgolf train --preset baseline
 
 Sections: setup -> compile warm-up (then restore weights, optimizer and loader) -> steps
-(gradient accumulation, DDP sync on the last micro-step, clip after the all-reduce, schedule)
+(train/step.py: gradient accumulation, DDP sync on the last micro-step, clip after the all-reduce, schedule)
 -> periodic validation with the clock paused -> checkpoints. The stop decision is all-reduced so
 every rank stops on the same step. A non-finite loss stops the run and keeps the last good
 checkpoint.
@@ -31,8 +31,8 @@ from pgolf.eval.bpb import ByteLUT
 from pgolf.eval.flat import evaluate_flat, flat_batch_shapes, prime_shapes
 from pgolf.model.attn_backends import segment_bound
 from pgolf.model.gpt import GPT, cast_for_training
-from pgolf.data.loaders_common import build_loader, host_to_device
-from pgolf.optim.builder import build_optimizers, muon_momentum_at, wd_mul
+from pgolf.data.loaders_common import build_loader
+from pgolf.optim.builder import build_optimizers
 from pgolf.quant.calib import train_config_with_reserve
 from pgolf.report.runlog import RunLog, fmt_eta, fmt_rate
 from pgolf.train import checkpoint
@@ -41,7 +41,8 @@ from pgolf.train.runtime import Runtime, seed_everything
 from pgolf.train import qat as qat_mod
 from pgolf.train.ema import WeightAverager
 from pgolf.train.profile import StepProfiler
-from pgolf.train.schedule import check_train_techniques, lr_mul, progress, warmdown_mul
+from pgolf.train.schedule import check_train_techniques, lr_mul
+from pgolf.train.step import TrainStep
 
 
 class TrainingDiverged(RuntimeError):
@@ -111,22 +112,6 @@ def fix_segment_sizes(model: GPT, data: Dataset, tc, eval_shapes: list[tuple[int
     return sizes
 
 
-def next_micro_batch(loader, model: GPT, tc, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """(x, y, forward kwargs) on `device`. The extra inputs (cu_seqlens, GPT.attn_inputs) are built from the host
-    batch and copied with it, so the host never waits for the GPU and keeps queueing kernels (#1855 builds
-    cu_seqlens in its loader; from CUDA ids, finding the BOS tokens would sync once per micro-batch)."""
-    x, y = loader.next_batch(tc.micro_batch_tokens, tc.seq_len, "cpu")
-    extra = model.attn_inputs(x)
-    x, y, *moved = host_to_device(x, y, *extra.values(), device=device)
-    return x, y, dict(zip(extra, moved))
-
-
-def autocast_ctx(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return torch.autocast(device_type="cpu", enabled=False)
-
-
 def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: RunLog, *,
                 resume: bool = False) -> TrainResult:
     tc = train_config_with_reserve(cfg)  # wallclock_s minus quant.gptq_reserve_s (the same object when 0)
@@ -142,7 +127,6 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
     opt = build_optimizers(model, cfg.optim)
     accum = tc.grad_accum(rt.world_size)
     loader = build_loader(tc, data, rank=rt.rank, world_size=rt.world_size)  # train.loader: stream|coprime|docpack
-    averager: WeightAverager | None = None  # EMA / SWA, created after the compile warm-up
     lut = ByteLUT.from_numpy(data.luts, rt.device)
     eval_losses = torch.compile(model.token_losses, dynamic=False) if tc.compile else model.token_losses
     if tc.compile and rt.device.type == "cuda" and cfg.model.attn_backend == "flex" and cfg.model.doc_isolated:
@@ -154,33 +138,7 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
     log(f"model_params:{sum(p.numel() for p in model.parameters())} world_size:{rt.world_size} grad_accum:{accum} "
         f"micro_batch_tokens:{tc.micro_batch_tokens} batch_tokens:{tc.batch_tokens} seq_len:{tc.seq_len}")
 
-    def micro_batches():
-        for micro in range(accum):
-            if rt.distributed:
-                net.require_backward_grad_sync = micro == accum - 1
-            yield next_micro_batch(loader, model, tc, rt.device)
-
-    def one_step(step: int, elapsed: float, priming: bool = False, at: float | None = None) -> torch.Tensor:
-        frac, mul = progress(step, elapsed, tc), lr_mul(step, elapsed, tc)
-        model.set_progress(frac if at is None else at)
-        if not priming and qat is not None and qat.before_step(step, warmdown_mul(step, elapsed, tc)):
-            log(f"late_qat:enabled step:{step} bits:{qat.bits} lr_mul:{mul:.4f}")
-        opt.zero_grad(set_to_none=True)
-        total = torch.zeros((), device=rt.device)
-        for x, y, extra in micro_batches():
-            with autocast_ctx(rt.device):
-                loss = net(x, y, **extra)
-            total += loss.detach()
-            (loss / accum).backward()
-        opt.set_muon_momentum(muon_momentum_at(step, cfg.optim, frac))
-        opt.set_lr_mul(mul)
-        opt.set_wd_mul(wd_mul(frac, cfg.optim))
-        if cfg.optim.grad_clip_norm > 0:  # DDP has already averaged the gradients: this is the global norm
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip_norm)
-        opt.step()
-        if not priming and averager is not None:
-            averager.after_step(model, step + 1, warmdown_mul(step, elapsed, tc))
-        return total / accum
+    one_step = TrainStep(model, net, opt, loader, cfg, tc, rt, qat=qat, log=log)  # train/step.py
 
     # Compile warm-up outside the clock, then restore the true initial state (official train_gpt.py).
     if tc.warmup_steps > 0:
@@ -209,6 +167,7 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
         loader.load_state_dict(init_loader)
         log(f"warmup:{tc.warmup_steps} steps primed, state restored, compile_s:{time.perf_counter() - t_warm:.1f}")
     averager = WeightAverager.from_config(model, tc)  # EMA starts from the (restored) initial weights, as TOP
+    one_step.averager = averager
     # EMA/SWA and QAT state ride along in checkpoints; passed only when on, so the baseline call is unchanged.
     ckpt_extras = {k: v for k, v in (("averager", averager), ("qat", qat)) if v is not None}
     extras_kw = {"extras": ckpt_extras} if ckpt_extras else {}

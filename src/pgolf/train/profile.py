@@ -88,13 +88,22 @@ class StepProfiler:
 CUPTI_OVERHEAD = re.compile(r"^(Command Buffer Full|Activity Buffer Request|Buffer Flush)", re.I)
 
 
+def counted(ev, *, cuda: bool) -> bool:
+    """Whether an event's self time is the step's own work: on CUDA, the device's records only (kernels, memcpy,
+    memset). A CPU op reports its kernels' time as its own device time too, and counting both doubled every op
+    that launches one; a record_function range (e.g. ``Optimizer.step#Muon.step``) also has a device-side span over
+    its kernels, which the kernels already count."""
+    if not cuda:
+        return True
+    on_device = ev.device_type != DeviceType.CPU
+    return on_device and not CUPTI_OVERHEAD.search(ev.name) and not getattr(ev, "is_user_annotation", False)
+
+
 def device_rows(events, *, cuda: bool) -> dict[str, list[float]]:
-    """{name: [self µs, calls]}. On CUDA only the device's own records (kernels, memcpy, memset) count: a CPU op
-    reports its kernels' time as its own device time too, and counting both doubled every op that launches one."""
+    """{name: [self µs, calls]} of the `counted` events."""
     rows: dict[str, list[float]] = {}
     for ev in events:
-        on_device = ev.device_type != DeviceType.CPU
-        if cuda and (not on_device or CUPTI_OVERHEAD.search(ev.name)):
+        if not counted(ev, cuda=cuda):
             continue
         us = ev.self_device_time_total if cuda else ev.self_cpu_time_total
         if us > 0:
@@ -104,10 +113,30 @@ def device_rows(events, *, cuda: bool) -> dict[str, list[float]]:
     return rows
 
 
+def device_busy(events) -> dict[str, float]:
+    """µs from the first device record to the last (`span`), µs in which at least one ran (`busy`: the union of
+    their intervals, so kernels overlapping on two streams count once) and `idle` = span - busy, when the GPU
+    waited for the host."""
+    spans = sorted((ev.time_range.start, ev.time_range.end) for ev in events if counted(ev, cuda=True))
+    if not spans:
+        return {"span": 0.0, "busy": 0.0, "idle": 0.0}
+    busy, (cur_start, cur_end) = 0.0, spans[0]
+    for start, end in spans[1:]:
+        if start > cur_end:
+            busy += cur_end - cur_start
+            cur_start = start
+        cur_end = max(cur_end, end)
+    busy += cur_end - cur_start
+    span = cur_end - spans[0][0]  # cur_end is the latest end seen
+    return {"span": span, "busy": busy, "idle": span - busy}
+
+
 def summarize(prof: profile, *, cuda: bool, steps: int, top: int = 30) -> dict[str, Any]:
-    """Self time per kernel (device time on CUDA) or op (CPU time otherwise), per kind, per step."""
+    """Self time per kernel (device time on CUDA) or op (CPU time otherwise), per kind, per step; on CUDA also the
+    device's busy and idle time per step over the window (`device_busy`)."""
+    events = prof.events()
     rows = [{"name": name, "kind": kind_of(name), "self_us": us, "calls": calls}
-            for name, (us, calls) in device_rows(prof.events(), cuda=cuda).items()]
+            for name, (us, calls) in device_rows(events, cuda=cuda).items()]
     rows.sort(key=lambda r: -r["self_us"])
     total = sum(r["self_us"] for r in rows) or 1.0
     kinds: dict[str, float] = {}
@@ -121,4 +150,5 @@ def summarize(prof: profile, *, cuda: bool, steps: int, top: int = 30) -> dict[s
         "kinds": {k: {"ms_per_step": v / per_step, "share": v / total}
                   for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
         "top": [dict(r, ms_per_step=r["self_us"] / per_step, share=r["self_us"] / total) for r in rows[:top]],
+        **({"device_time": {k: v / per_step for k, v in device_busy(events).items()}} if cuda else {}),
     }
