@@ -83,3 +83,34 @@ def test_training_micro_batch_builds_cu_seqlens_without_a_device_sync(byte_datas
         torch.cuda.set_sync_debug_mode(0)
     assert x.is_cuda and y.is_cuda and extra["cu_seqlens"].is_cuda
     torch.testing.assert_close(extra["cu_seqlens"], padded_cu_seqlens(x, mcfg.bos_id, True, size=64))
+
+
+@needs_cuda
+def test_a_training_step_never_waits_for_the_gpu(byte_dataset, tmp_path):
+    """The loop's step (train/step.py: micro-batches, clip, Muon, Adam, EMA) queues work without a host sync, so the
+    host runs ahead of the GPU; a sync per step leaves the GPU idle while the host launches the next one."""
+    from pgolf.data.dataset import Dataset
+    from pgolf.data.loaders_common import build_loader
+    from pgolf.optim.builder import build_optimizers
+    from pgolf.train.ema import WeightAverager
+    from pgolf.train.runtime import Runtime
+    from pgolf.train.step import TrainStep
+
+    cfg = tiny_run_config(byte_dataset, tmp_path / "runs", device="cuda", loader="docpack", ema_decay=0.99)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, attn_backend="varlen", doc_isolated=True),
+                              optim=dataclasses.replace(cfg.optim, grad_clip_norm=0.3))
+    dev = torch.device("cuda")
+    model = cast_for_training(GPT(cfg.model), dev)
+    model.pad_segments((cfg.train.micro_batch_tokens // cfg.train.seq_len, cfg.train.seq_len), 64)
+    rt = Runtime(rank=0, local_rank=0, world_size=1, device=dev, distributed=False)
+    step = TrainStep(model, model, build_optimizers(model, cfg.optim), build_loader(cfg.train, Dataset.open(
+        cfg.data, cfg.model.vocab_size)), cfg, cfg.train, rt, averager=WeightAverager.from_config(model, cfg.train))
+    assert step.accum == 2 and step.averager is not None
+    step(0, 0.0)  # the optimizers' state is created on the first step
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = step(1, 0.1)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert torch.isfinite(loss)
