@@ -12,8 +12,9 @@
 # fusedce              GPU tests of model/fused_ce.py and benchmarks/fused_ce_bench.py --sweep
 # fusedmlp             GPU tests of model/fused_mlp.py and benchmarks/fused_mlp_bench.py --sweep (#1855's MLP, one
 #                      micro-batch; with the record's own kernel when .peers/pr1855_train_gpt.py is carried)
-# fa4                  GPU tests of model/attn_fa4.py and varlen_attn_bench.py fa2_varlen vs fa4 (on data/proxy_sp8192
-#                      when built, e.g. after data:sp8192); needs .fa4site from an earlier call (fa4_wheels.sh)
+# fa4                  GPU tests of model/attn_fa4.py and varlen_attn_bench.py fa2_varlen vs fa4 and its forward
+#                      options (on data/proxy_sp8192 when built, e.g. after data:sp8192); needs .fa4site from an
+#                      earlier call (fa4_wheels.sh)
 # data:<tokenizer>     also build data/proxy_<tokenizer> (e.g. sp8192, from .carry/tok/proxy_sp8192.model)
 # profile:<preset>[:<tokenizer>]  40 s proxy run with train.profile_steps=20 -> $OUT/profile_<preset>.json
 set -uo pipefail
@@ -58,8 +59,8 @@ for job in "$@"; do
       python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_attn_fa4.py > "$OUT/fa4_gputests.log" 2>&1
       tail -3 "$OUT/fa4_gputests.log"
       d=data/proxy_sp1024; [ -d data/proxy_sp8192 ] && d=data/proxy_sp8192
-      python3 benchmarks/varlen_attn_bench.py --data "$d" --variants fa2_varlen fa4 \
-        --out "$OUT/varlen_attn_bench_fa4.json" 2>&1 | tail -4 ;;
+      python3 benchmarks/varlen_attn_bench.py --data "$d" --out "$OUT/varlen_attn_bench_fa4.json" \
+        --variants fa2_varlen fa4 fa4_tile128 fa4_nopack fa4_tile128_nopack 2>&1 | tail -7 ;;
     data:*)
       tok="${job#data:}"
       python3 -m pgolf data build --corpus proxy --tokenizer "$tok" --docs-dir .carry/proxy_docs \

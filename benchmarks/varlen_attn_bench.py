@@ -19,6 +19,10 @@ with empty segments to a fixed count (so one compiled graph serves every batch).
                   PyTorch's own route to the same kernel, unpadded offsets, K/V heads repeated
     fa4           FlashAttention-4's CuTe kernels through pgolf's custom ops (model/attn_fa4.py), K/V heads native,
                   the padded offsets; needs flash-attn-4 (benchmarks/fa4_wheels.sh)
+    fa4_tile128, fa4_nopack, fa4_tile128_nopack
+                  fa4 with other forward options (FA4_FWD_OPTIONS; its SM90 default at D = 64 is 192 x 128 tiles
+                  with the query heads of a K/V head packed into one tile): many documents are shorter than a
+                  tile. The backward is fa4's own.
 
 Reported per variant: median ms per step, the largest output and gradient difference from fa2_varlen relative to
 its largest value, or the error a variant raised.
@@ -40,7 +44,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pgolf.model.attn_backends import repeat_kv, require_varlen
 from step_timer import bench_cli, time_steps
 
-VARIANTS = ("fa2_varlen", "cudnn_ragged", "cudnn_ragged_unpadded", "cudnn_njt", "fa4")
+FA4_FWD_OPTIONS = {  # keyword arguments of flash_attn.cute.interface._flash_attn_fwd
+    "fa4_tile128": {"tile_mn": (128, 128)},
+    "fa4_nopack": {"pack_gqa": False},
+    "fa4_tile128_nopack": {"tile_mn": (128, 128), "pack_gqa": False},
+}
+VARIANTS = ("fa2_varlen", "cudnn_ragged", "cudnn_ragged_unpadded", "cudnn_njt", "fa4", *FA4_FWD_OPTIONS)
 
 
 def segment_batches(tokens: np.ndarray, rows: int, seq_len: int, bos_id: int, count: int, pad_to: int
@@ -89,6 +98,26 @@ class CudnnRagged(torch.autograd.Function):
         return dq, dk, dv, None, None
 
 
+class FA4WithOptions(torch.autograd.Function):
+    """FA4's forward with `options`, then pgolf's fa4 backward op on what it saved (same lse layout)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cu, max_len, options):
+        from pgolf.model.attn_fa4 import require_fa4
+
+        out, lse, *_ = require_fa4()._flash_attn_fwd(q, k, v, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max_len,
+                                                     max_seqlen_k=max_len, causal=True, return_lse=True, **options)
+        ctx.save_for_backward(q, k, v, out, lse, cu)
+        ctx.max_len = max_len
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        q, k, v, out, lse, cu = ctx.saved_tensors
+        dq, dk, dv = torch.ops.pgolf.fa4_varlen_bwd(g, q, k, v, out, lse, cu, ctx.max_len)
+        return dq, dk, dv, None, None, None
+
+
 def make_fn(variant: str, heads: int, seq_len: int):
     """attn(q, k, v, cu) on packed (N, H or Hkv, D) tensors; repeat_kv repeats heads along dim 1 as in the model."""
     if variant == "fa2_varlen":
@@ -100,10 +129,12 @@ def make_fn(variant: str, heads: int, seq_len: int):
             return fn(q, *repeat_kv(k, v, heads), cu, cu, seq_len, seq_len, **causal)
         return fa2
 
-    if variant == "fa4":
+    if variant.startswith("fa4"):
         from pgolf.model.attn_fa4 import require_fa4
 
         require_fa4()  # the install error, not a failure inside the op
+        if variant in FA4_FWD_OPTIONS:
+            return lambda q, k, v, cu: FA4WithOptions.apply(q, k, v, cu, seq_len, FA4_FWD_OPTIONS[variant])
         return lambda q, k, v, cu: torch.ops.pgolf.fa4_varlen_fwd(q, k, v, cu, seq_len)[0]
 
     def cudnn(q, k, v, cu):

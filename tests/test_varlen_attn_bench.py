@@ -34,3 +34,34 @@ def test_cpu_run_checks_the_batches_and_writes_json(tmp_path):
     r = json.loads(out.read_text())
     assert r["tokens"] == 1024 and r["batches"] == 8 and 0 < r["segments_mean_len"] <= r["segments_max_len"] <= 512
     assert all("needs CUDA" in v["error"] for v in r["results"])
+
+
+@pytest.mark.parametrize("variant", list(bench.FA4_FWD_OPTIONS))
+def test_fa4_forward_options_reach_fa4_and_keep_fa4s_gradients(monkeypatch, variant):
+    import torch
+
+    from pgolf.model import attn_fa4
+    from pgolf.model.attn_backends import padded_cu_seqlens
+    from test_attn_fa4 import ReferenceFA4, ids_with_docs
+
+    seen = []
+
+    class WithOptions(ReferenceFA4):  # the reference, taking (and recording) FA4's forward options
+        @classmethod
+        def _flash_attn_fwd(cls, q, k, v, *, tile_mn=None, pack_gqa=None, **kw):
+            seen.append({k: v for k, v in (("tile_mn", tile_mn), ("pack_gqa", pack_gqa)) if v is not None})
+            return super()._flash_attn_fwd(q, k, v, **kw)
+
+    monkeypatch.setattr(attn_fa4, "require_fa4", lambda: WithOptions)
+    cu = padded_cu_seqlens(ids_with_docs(), bos_id=1, doc_isolated=True, size=16)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(24, h, 8, generator=g).requires_grad_() for h in (4, 2, 2))
+    fn = bench.make_fn(variant, heads=4, seq_len=12)
+    out = fn(q, k, v, cu)
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    ref = torch.ops.pgolf.fa4_varlen_fwd(q, k, v, cu, 12)[0]
+    ref_grads = torch.autograd.grad(ref.sum(), (q, k, v))
+    assert seen[0] == bench.FA4_FWD_OPTIONS[variant] and seen[1] == {}
+    torch.testing.assert_close(out, ref)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b)
