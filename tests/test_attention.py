@@ -100,6 +100,7 @@ OFF = [
     {"gated_attn": False, "gated_attn_init_std": 0.02, "gated_attn_quant_gate": False},
     {"doc_isolated": False, "attn_backend": "sdpa"},
     {"num_kv_heads": 2},
+    {"fused_qkv": False},
 ]
 
 
@@ -123,6 +124,34 @@ def _reference_baseline_attention(attn: CausalSelfAttention, x: torch.Tensor) ->
     q = q * attn.q_gain.to(q.dtype)[None, :, None, None]
     y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=attn.num_kv_heads != attn.num_heads)
     return attn.proj(y.transpose(1, 2).reshape(B, T_, D))
+
+
+@pytest.mark.parametrize("kv", [1, 2, 4])
+def test_fused_qkv_is_the_same_attention_and_gradients(kv):
+    kw = dict(num_kv_heads=kv, xsa_layers="all", rope_dims=4)
+    base, fused = perturb(build(**kw)), build(**kw, fused_qkv=True)
+    fused.load_state_dict(base.state_dict())  # the same parameters under the same names
+    x = tokens(bos_at=(0, 9))
+    torch.testing.assert_close(fused.logits(x), base.logits(x), atol=1e-6, rtol=1e-6)
+    fused(x, x).backward()
+    base(x, x).backward()
+    for (name, a), (_, b) in zip(fused.named_parameters(), base.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_fused_qkv_reads_each_weight_through_qat():
+    from pgolf.train import qat
+
+    x = tokens(bos_at=(0, 9))
+    out = {}
+    for fused in (False, True):
+        m = perturb(build(fused_qkv=fused))
+        qat.attach(m, bits=3)
+        plain = m.logits(x)
+        qat.set_enabled(m, True)
+        out[fused] = m.logits(x)
+        assert not torch.allclose(out[fused], plain)  # the fake-quantized weights reach the fused GEMM
+    torch.testing.assert_close(out[True], out[False], atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("kv", [1, 2, 4])
@@ -469,7 +498,7 @@ def test_gates_stay_fp32_in_the_training_cast():
 def test_compiles_fullgraph_with_every_attention_technique(backend):
     torch._dynamo.reset()
     m = perturb(build(num_layers=2, doc_isolated=True, attn_backend=backend, xsa_layers="all", xsa_gated=True,
-                      attn_out_gate_width=8, rope_dims=4, rope_scaling="yarn", rope_train_seq_len=8))
+                      attn_out_gate_width=8, rope_dims=4, rope_scaling="yarn", rope_train_seq_len=8, fused_qkv=True))
     x = tokens(bos_at=(0, 9))
     with torch.no_grad():  # FlexAttention has no CPU backward; the GPU test below covers training
         eager = m.logits(x)

@@ -277,3 +277,15 @@ def test_calibration_hooks_see_the_mlp_inputs_when_fused():
     for k in want:
         torch.testing.assert_close(got[k], want[k], atol=1e-6, rtol=1e-5, msg=k)
     assert all(b.mlp.fused for b in fused_m.blocks)  # switched back on afterwards
+
+
+def test_calibration_hooks_see_q_k_v_inputs_when_fused_qkv():
+    from pgolf.quant.calib import collect_hessians
+
+    batches = [torch.randint(0, 64, (2, 24), generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    plain_m, fused_m = model(), model(fused_qkv=True, fused_mlp=True)
+    want, got = collect_hessians(plain_m, batches).hessians, collect_hessians(fused_m, batches).hessians
+    assert got.keys() == want.keys() and "blocks.1.attn.c_v.weight" in got
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], atol=1e-6, rtol=1e-5, msg=k)
+    assert all(b.attn.fused_qkv and b.mlp.fused for b in fused_m.blocks)  # both switched back on

@@ -75,6 +75,7 @@ class ModelConfig:
     doc_isolated: bool = False  # no attention across a BOS (bos_id) boundary, train and eval (VarLen, PR #1530)
     attn_backend: str = "sdpa"  # sdpa | flex | varlen (torch's FlashAttention varlen) | fa3 | fa4 (optional packages)
     sdpa_priority: str = "default"  # default (torch: flash first) | cudnn: cuDNN attention first (faster on H100)
+    fused_qkv: bool = False  # q, k, v from one GEMM over [W_q; W_k; W_v] (same weights and math; attention.py)
     # --- MLP, residual stream, token mixing, head and init techniques (each off by default) ---
     # Checked in _check_stack_techniques; formulas and PRs in the model modules (mlp, block, gpt, embed, recurrence).
     mlp_act: str = "relu2"  # relu2 | leaky_relu2 (PR #493; TOP, #1880, #1969) | swiglu (PR #2, width-matched)

@@ -69,7 +69,7 @@ class CausalSelfAttention(nn.Module):
         cos, sin = rope_tables(self.rope_train_len, rope_inv_freq(self.rope_dims, self.rope_base), torch.float32)
         self.register_buffer("rope_cos", cos.transpose(1, 2).contiguous(), persistent=False)
         self.register_buffer("rope_sin", sin.transpose(1, 2).contiguous(), persistent=False)
-        self.backend = cfg.attn_backend
+        self.backend, self.fused_qkv = cfg.attn_backend, cfg.fused_qkv
         if self.backend == "fa3":
             require_fa3()  # fail at build time, not at the first forward
         elif self.backend == "varlen":
@@ -108,9 +108,7 @@ class CausalSelfAttention(nn.Module):
         B, T, D = x.shape
         # Norm, rotary and gain act in the projections' own layout (B, T, H, hd); attention gets transposed views,
         # which the segment kernels (varlen, fa3) flatten to (B*T, H, hd) without a copy.
-        q = self.c_q(x).view(B, T, self.num_heads, self.head_dim)
-        k = self.c_k(x).view(B, T, self.num_kv_heads, self.head_dim)
-        v = self.c_v(x).view(B, T, self.num_kv_heads, self.head_dim)
+        q, k, v = self.project_qkv(x)
         q, k = rms_norm(q), rms_norm(k)
         cos, sin, temp = self.rotary(T, q.dtype)
         q, k = apply_partial_rotary(q, cos, sin, self.rope_dims), apply_partial_rotary(k, cos, sin, self.rope_dims)
@@ -123,6 +121,20 @@ class CausalSelfAttention(nn.Module):
         if self.gate_kind != "none":
             y = y * self._gate(x).transpose(1, 2)[..., None]
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
+
+    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q (B, T, H, hd), k and v (B, T, Hkv, hd). ``model.fused_qkv``: one GEMM over the stacked weights, so
+        the backward also takes dx and the three weight gradients from one GEMM each (one wider GEMM fills an
+        H100 better than three narrow ones); each weight still goes through its ``effective_weight`` (QAT)."""
+        B, T, _ = x.shape
+        if self.fused_qkv:
+            lins = (self.c_q, self.c_k, self.c_v)
+            w = torch.cat([m.effective_weight() for m in lins]).to(x.dtype)
+            q, k, v = F.linear(x, w).split([m.out_features for m in lins], dim=-1)
+        else:
+            q, k, v = self.c_q(x), self.c_k(x), self.c_v(x)
+        return (q.view(B, T, self.num_heads, self.head_dim), k.view(B, T, self.num_kv_heads, self.head_dim),
+                v.view(B, T, self.num_kv_heads, self.head_dim))
 
     def rotary(self, T: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, float]:
         """cos, sin of shape (1, T, 1, k/2) and the YaRN logit factor: the cached tables up to the training

@@ -17,17 +17,22 @@ Parameter names follow the official script, so its checkpoints load here unchang
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pgolf.config import ModelConfig
+from pgolf.model.attention import CausalSelfAttention
 from pgolf.model.attn_backends import apply_sdpa_priority, build_attn_context, needs_cu_seqlens, padded_cu_seqlens
 from pgolf.model.block import Block
 from pgolf.model.embed import BigramHash, SmearGateBOS, SmearGateV1
 from pgolf.model.fused_ce import softcapped_cross_entropy
 from pgolf.model.init import orthogonal_linears_, overtone_
 from pgolf.model.layers import CastedLinear, rms_norm
+from pgolf.model.mlp import MLP
 from pgolf.model.recurrence import layer_order
 
 
@@ -205,3 +210,20 @@ def _owner(model: nn.Module, param_name: str) -> nn.Module:
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+@contextlib.contextmanager
+def unfused_projections(model: nn.Module) -> Iterator[None]:
+    """The fused paths of `model` off meanwhile (``model.fused_mlp``: MLP.fused; ``model.fused_qkv``:
+    CausalSelfAttention.fused_qkv), so every CastedLinear is called: code that observes their inputs through module
+    hooks (quant/calib.py) needs that. Both paths compute the same function, so the outputs do not change."""
+    mods = list(model.modules())
+    switched = ([(m, "fused") for m in mods if isinstance(m, MLP) and m.fused]
+                + [(m, "fused_qkv") for m in mods if isinstance(m, CausalSelfAttention) and m.fused_qkv])
+    for m, flag in switched:
+        setattr(m, flag, False)
+    try:
+        yield
+    finally:
+        for m, flag in switched:
+            setattr(m, flag, True)

@@ -14,9 +14,6 @@ leaky relu² through `fused_mlp.fused_mlp` (same parameters, same math, the acti
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -54,17 +51,3 @@ class MLP(nn.Module):
             gate, up = h.chunk(2, dim=-1)
             h = F.silu(gate) * up
         return self.proj(h)
-
-
-@contextlib.contextmanager
-def unfused_mlps(model: nn.Module) -> Iterator[None]:
-    """Every fused `MLP` of `model` runs the plain forward meanwhile: code that observes the inputs of ``mlp.fc``
-    and ``mlp.proj`` through module hooks (quant/calib.py) needs those modules to be called."""
-    fused = [m for m in model.modules() if isinstance(m, MLP) and m.fused]
-    for m in fused:
-        m.fused = False
-    try:
-        yield
-    finally:
-        for m in fused:
-            m.fused = True

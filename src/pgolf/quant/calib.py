@@ -25,8 +25,8 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch import Tensor, nn
 
+from pgolf.model.gpt import unfused_projections
 from pgolf.model.layers import CastedLinear
-from pgolf.model.mlp import unfused_mlps
 
 
 @dataclass
@@ -83,7 +83,7 @@ class HessianCollector:
         self.sums: dict[str, Tensor] = {}
         self.counts: dict[str, int] = {}
         self._handles: list[Any] = []
-        self._plain = unfused_mlps(model)  # the fused MLP never calls mlp.fc / mlp.proj, so their hooks would not fire
+        self._plain = unfused_projections(model)  # fused MLP / QKV skip the modules' calls, and so their hooks
 
     def add(self, name: str, x: Tensor) -> None:
         x2 = x.detach().reshape(-1, x.shape[-1]).float()
