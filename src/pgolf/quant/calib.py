@@ -83,7 +83,7 @@ class HessianCollector:
         self.sums: dict[str, Tensor] = {}
         self.counts: dict[str, int] = {}
         self._handles: list[Any] = []
-        self._plain = unfused_projections(model)  # fused MLP / QKV skip the modules' calls, and so their hooks
+        self._plain = unfused_projections(model)  # the fused MLP / QKV paths never call the hooked modules
 
     def add(self, name: str, x: Tensor) -> None:
         x2 = x.detach().reshape(-1, x.shape[-1]).float()
