@@ -103,10 +103,9 @@ class FA4WithOptions(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, cu, max_len, options):
-        from pgolf.model.attn_fa4 import require_fa4
+        from pgolf.model.attn_fa4 import fa4_forward
 
-        out, lse, *_ = require_fa4()._flash_attn_fwd(q, k, v, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max_len,
-                                                     max_seqlen_k=max_len, causal=True, return_lse=True, **options)
+        out, lse = fa4_forward(q, k, v, cu, max_len, **options)
         ctx.save_for_backward(q, k, v, out, lse, cu)
         ctx.max_len = max_len
         return out

@@ -35,12 +35,17 @@ def require_fa4() -> Any:
         ) from None
 
 
+def fa4_forward(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, max_seqlen: int, **options: Any) -> tuple[Tensor, Tensor]:
+    """FA4's varlen causal forward -> (out, lse); `options` are more of its keywords (benchmarks try tile sizes)."""
+    out, lse, *_ = require_fa4()._flash_attn_fwd(q, k, v, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max_seqlen,
+                                                 max_seqlen_k=max_seqlen, causal=True, return_lse=True, **options)
+    return out, lse
+
+
 @torch.library.custom_op("pgolf::fa4_varlen_fwd", mutates_args=())
 def fa4_varlen_fwd(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, max_seqlen: int) -> tuple[Tensor, Tensor]:
     """(out (N, H, D) in q's dtype, lse (H, N) fp32) of causal attention within each segment of cu."""
-    out, lse, *_ = require_fa4()._flash_attn_fwd(q, k, v, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max_seqlen,
-                                                 max_seqlen_k=max_seqlen, causal=True, return_lse=True)
-    return out, lse
+    return fa4_forward(q, k, v, cu, max_seqlen)
 
 
 # The fakes give what FA4 allocates: fresh contiguous tensors, whatever the inputs' strides (a compiled graph
