@@ -162,6 +162,11 @@ def main(argv: list[str] | None = None) -> int:
                                 if "error" not in r else r["error"])
               + (f"  GPU idle {r['device_time']['idle']:.1f} of {r['device_time']['span']:.1f} ms"
                  if r.get("device_time") else ""), flush=True)
+        if r.get("ranges"):  # GPU ms of the step's annotated phases (optimizers, clip, EMA)
+            print("    ranges: " + ", ".join(f"{k} {v['ms_per_step']:.2f} ms" for k, v in r["ranges"].items()))
+        for g in (r.get("idle_gaps") or [])[:4]:  # where the GPU waited: the kernels either side of the gaps
+            print(f"    idle {g['ms_per_step']:6.2f} ms/step in {g['gaps_per_step']:g} gaps: {g['before'][:60]} -> "
+                  f"{g['after'][:60]}", flush=True)
     base = next((r for r in results if "error" not in r), None)
     for r in results:
         if base and "error" not in r:

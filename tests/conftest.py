@@ -58,14 +58,14 @@ def with_train(cfg: RunConfig, **kw) -> RunConfig:
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **kw))
 
 
-def train_cpu(cfg: RunConfig, run_dir, resume: bool = False):
-    """Run the training loop on CPU in this process and return its TrainResult."""
+def train_cpu(cfg: RunConfig, run_dir, resume: bool = False, device: str = "cpu"):
+    """Run the training loop in this process (on CPU unless `device` says otherwise) and return its TrainResult."""
     from pgolf.data.dataset import Dataset
     from pgolf.report.runlog import RunLog
     from pgolf.train import loop
     from pgolf.train.runtime import init_runtime, shutdown
 
-    rt = init_runtime("cpu")
+    rt = init_runtime(device)
     try:
         data = Dataset.open(cfg.data, cfg.model.vocab_size)
         Path(run_dir).mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import tiny_run_config, train_cpu
 
-from conftest import tiny_run_config
 from pgolf.config import ModelConfig
 from pgolf.model.gpt import GPT, cast_for_training
 
@@ -114,3 +114,28 @@ def test_a_training_step_never_waits_for_the_gpu(byte_dataset, tmp_path):
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert torch.isfinite(loss)
+
+
+@needs_cuda
+def test_cuda_graph_mode_trains_as_the_default_mode(byte_dataset, tmp_path):
+    """train.compile_mode=reduce-overhead replays the training graph as CUDA graphs. With 2 micro-batches a step the
+    gradients accumulate across replays (the first backward's output buffers would be overwritten by the next
+    replay: TrainStep copies them, step.own_gradients), and the warm-up's restore, clip and EMA run around the graphs.
+    The losses equal the default mode's, and inductor skipped no graph (a skip would silently run without them)."""
+    from torch._dynamo.utils import counters
+
+    curves = {}
+    for mode in ("default", "reduce-overhead"):
+        cfg = tiny_run_config(byte_dataset, tmp_path / "runs", device="cuda", compile=True, compile_mode=mode,
+                              warmup_steps=2, loader="docpack", ema_decay=0.99)
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, attn_backend="varlen", doc_isolated=True),
+                                  optim=dataclasses.replace(cfg.optim, grad_clip_norm=0.3))
+        assert cfg.train.grad_accum(1) == 2
+        torch._dynamo.reset()
+        counters.clear()
+        res = train_cpu(cfg, tmp_path / mode, device="cuda")
+        curves[mode] = [p["train_loss"] for p in res.curve if "train_loss" in p]
+        skips = dict(counters["inductor"])
+        assert skips.get("cudagraph_skips", 0) == 0, skips
+    assert len(curves["default"]) == 6
+    assert curves["reduce-overhead"] == pytest.approx(curves["default"], abs=2e-3)

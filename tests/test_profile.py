@@ -10,7 +10,14 @@ from conftest import tiny_run_config, train_cpu
 from torch.autograd import DeviceType
 
 from pgolf.config import TrainConfig
-from pgolf.train.profile import PROFILE_SKIP, device_busy, kind_of, summarize
+from pgolf.train.profile import (
+    PROFILE_SKIP,
+    device_busy,
+    idle_gaps,
+    kind_of,
+    range_spans,
+    summarize,
+)
 
 
 @pytest.mark.parametrize("name, kind", [
@@ -95,3 +102,37 @@ def test_device_busy_is_the_union_of_device_records_and_idle_the_rest():
               ev(35, 40)]
     assert device_busy(events) == {"span": 40, "busy": 27, "idle": 13}
     assert device_busy([]) == {"span": 0.0, "busy": 0.0, "idle": 0.0}
+
+
+def test_idle_gaps_name_the_kernels_either_side_of_each_wait():
+    """Gaps are keyed by the record that ended last before them (not the last to start: a long kernel on another
+    stream can still run) and the one after; short gaps, CPU ops and annotations do not count."""
+    def ev(start, end, name, device=DeviceType.CUDA, annotation=False):
+        return SimpleNamespace(name=name, device_type=device, is_user_annotation=annotation,
+                               time_range=SimpleNamespace(start=start, end=end))
+
+    events = [ev(0, 100, "adam"), ev(10, 20, "short"), ev(130, 200, "fwd_0"),  # 30 µs: adam -> fwd_0
+              ev(202, 300, "bwd"),  # 2 µs: below min_us
+              ev(400, 500, "adam"), ev(520, 600, "fwd_0"),  # 20 µs: adam -> fwd_0 again
+              ev(600, 640, "muon"), ev(300, 700, "host op", device=DeviceType.CPU), ev(0, 700, "r", annotation=True),
+              ev(650, 660, "clip")]  # 10 µs: muon -> clip
+    assert idle_gaps(events, steps=2, min_us=5) == [  # largest first; per step over the 2 steps
+        {"before": "bwd", "after": "adam", "ms_per_step": pytest.approx(0.05), "gaps_per_step": 0.5},
+        {"before": "adam", "after": "fwd_0", "ms_per_step": pytest.approx(0.025), "gaps_per_step": 1.0},
+        {"before": "muon", "after": "clip", "ms_per_step": pytest.approx(0.005), "gaps_per_step": 0.5}]
+    assert idle_gaps(events, steps=2, min_us=25, top=1) == [
+        {"before": "bwd", "after": "adam", "ms_per_step": pytest.approx(0.05), "gaps_per_step": 0.5}]
+    assert idle_gaps([]) == []
+
+
+def test_range_spans_are_the_device_side_spans_of_annotated_ranges():
+    def ev(start, end, name, device=DeviceType.CUDA, annotation=True):
+        return SimpleNamespace(name=name, device_type=device, is_user_annotation=annotation,
+                               time_range=SimpleNamespace(start=start, end=end))
+
+    events = [ev(0, 3000, "Optimizer.step#Muon.step"), ev(5000, 6000, "Optimizer.step#Muon.step"),
+              ev(3000, 3500, "pgolf.clip"), ev(0, 9000, "pgolf.clip", device=DeviceType.CPU),  # host side: not GPU
+              ev(0, 8000, "nvjet_gemm", annotation=False)]
+    assert range_spans(events, steps=2) == {"Optimizer.step#Muon.step": {"ms_per_step": 2.0, "calls_per_step": 1.0},
+                                            "pgolf.clip": {"ms_per_step": 0.25, "calls_per_step": 0.5}}
+

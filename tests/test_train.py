@@ -9,8 +9,15 @@ import shutil
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import (
+    ddp_train_worker,
+    free_port,
+    make_byte_dataset,
+    tiny_run_config,
+    train_cpu,
+    with_train,
+)
 
-from conftest import ddp_train_worker, free_port, make_byte_dataset, tiny_run_config, train_cpu
 from pgolf.pipeline import run, score_artifact
 from pgolf.train import checkpoint, loop
 
@@ -118,6 +125,8 @@ def test_compile_mode_reaches_the_training_graph_and_is_validated(byte_dataset, 
     train_cpu(cfg, tmp_path / "run")
     assert {"dynamic": False, "fullgraph": True,  # the mode, as its inductor options
             "options": {"max_autotune": True, "coordinate_descent_tuning": True}} in seen
+    train_cpu(with_train(cfg, compile_mode="reduce-overhead"), tmp_path / "run_graphs")
+    assert {"dynamic": False, "fullgraph": True, "options": {"triton.cudagraphs": True}} in seen
     with pytest.raises(ValueError, match="train.compile_mode='fast'"):
         train_cpu(tiny_run_config(byte_dataset, tmp_path / "runs", compile_mode="fast"), tmp_path / "run2")
 

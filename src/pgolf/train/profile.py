@@ -131,9 +131,46 @@ def device_busy(events) -> dict[str, float]:
     return {"span": span, "busy": busy, "idle": span - busy}
 
 
+def idle_gaps(events, *, steps: int = 1, top: int = 8, min_us: float = 5.0) -> list[dict[str, Any]]:
+    """The GPU's waits for the host, grouped by where they fall: each gap of at least `min_us` between device
+    records (`counted`, merged across streams as in `device_busy`) is keyed by the record that ended last before it
+    and the one that started it, e.g. the optimizer's last kernel -> the next micro-batch's first. Returns the `top`
+    pairs by idle time: ``before``, ``after``, ``ms_per_step`` and ``gaps_per_step``."""
+    spans = sorted((ev.time_range.start, ev.time_range.end, ev.name) for ev in events if counted(ev, cuda=True))
+    pairs: dict[tuple[str, str], list[float]] = {}
+    if spans:
+        cur_end, cur_name = spans[0][1], spans[0][2]
+        for start, end, name in spans[1:]:
+            if start - cur_end >= min_us:
+                row = pairs.setdefault((cur_name[:120], name[:120]), [0.0, 0])
+                row[0] += start - cur_end
+                row[1] += 1
+            if end >= cur_end:
+                cur_end, cur_name = end, name
+    rows = sorted(pairs.items(), key=lambda kv: -kv[1][0])[:top]
+    return [{"before": b, "after": a, "ms_per_step": us / 1000 / max(steps, 1), "gaps_per_step": n / max(steps, 1)}
+            for (b, a), (us, n) in rows]
+
+
+def range_spans(events, *, steps: int = 1) -> dict[str, dict[str, float]]:
+    """GPU ms per step of each record_function range, from its device-side span (first kernel's start to the last
+    one's end, waits inside included): the optimizers' own ranges (``Optimizer.step#Muon.step``) and TrainStep's
+    (``pgolf.clip``, ``pgolf.ema``), so the step's non-micro-batch work is seen phase by phase."""
+    out: dict[str, list[float]] = {}
+    for ev in events:
+        if ev.device_type != DeviceType.CPU and getattr(ev, "is_user_annotation", False):
+            row = out.setdefault(ev.name, [0.0, 0])
+            row[0] += ev.time_range.end - ev.time_range.start
+            row[1] += 1
+    n = max(steps, 1)
+    return {name: {"ms_per_step": us / 1000 / n, "calls_per_step": calls / n}
+            for name, (us, calls) in sorted(out.items(), key=lambda kv: -kv[1][0])}
+
+
 def summarize(prof: profile, *, cuda: bool, steps: int, top: int = 30) -> dict[str, Any]:
     """Self time per kernel (device time on CUDA) or op (CPU time otherwise), per kind, per step; on CUDA also the
-    device's busy and idle time per step over the window (`device_busy`)."""
+    device's busy and idle time per step over the window (`device_busy`), where the idle falls (`idle_gaps`) and
+    the GPU time of each annotated range (`range_spans`)."""
     events = prof.events()
     rows = [{"name": name, "kind": kind_of(name), "self_us": us, "calls": calls}
             for name, (us, calls) in device_rows(events, cuda=cuda).items()]
@@ -150,5 +187,6 @@ def summarize(prof: profile, *, cuda: bool, steps: int, top: int = 30) -> dict[s
         "kinds": {k: {"ms_per_step": v / per_step, "share": v / total}
                   for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
         "top": [dict(r, ms_per_step=r["self_us"] / per_step, share=r["self_us"] / total) for r in rows[:top]],
-        **({"device_time": {k: v / per_step for k, v in device_busy(events).items()}} if cuda else {}),
+        **({"device_time": {k: v / per_step for k, v in device_busy(events).items()},
+            "idle_gaps": idle_gaps(events, steps=steps), "ranges": range_spans(events, steps=steps)} if cuda else {}),
     }

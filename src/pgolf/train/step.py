@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from pgolf.config import RunConfig, TrainConfig
 from pgolf.data.loaders_common import host_to_device
@@ -35,6 +36,14 @@ def next_micro_batch(loader, model: GPT, tc, device: torch.device) -> tuple[torc
     extra = model.attn_inputs(x)
     x, y, *moved = host_to_device(x, y, *extra.values(), device=device)
     return x, y, dict(zip(extra, moved))
+
+
+def own_gradients(model: nn.Module) -> None:
+    """Replace every .grad with a copy (two fused launches per dtype), so that no gradient is a buffer a CUDA graph
+    replay writes into (TrainStep.replays_graphs)."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    for p, g in zip(params, torch._foreach_mul([p.grad for p in params], 1.0)):
+        p.grad = g
 
 
 def autocast_ctx(device: torch.device):
@@ -57,6 +66,16 @@ class TrainStep:
     log: Callable[[str], None] = print
 
     @property
+    def replays_graphs(self) -> bool:
+        """Whether the training graph runs as CUDA graphs (train.compile_mode=reduce-overhead). A replay writes into
+        the same output buffers every time, and the first backward of a step hands its output buffers over as the
+        .grad tensors, which the next micro-batch's replay would overwrite (torch raises on the access). So after
+        that backward the gradients are copied into tensors of their own (`own_gradients`), and the later ones add
+        into those. Zeroing instead of dropping them would also do, but would let Adam and weight decay move
+        parameters that got no gradient."""
+        return self.tc.compile and self.tc.compile_mode == "reduce-overhead"
+
+    @property
     def accum(self) -> int:
         return self.tc.grad_accum(self.rt.world_size)
 
@@ -76,17 +95,21 @@ class TrainStep:
             self.log(f"late_qat:enabled step:{step} bits:{self.qat.bits} lr_mul:{mul:.4f}")
         opt.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.rt.device)
-        for x, y, extra in self.micro_batches():
-            with autocast_ctx(self.rt.device):
+        for micro, (x, y, extra) in enumerate(self.micro_batches()):
+            with autocast_ctx(self.rt.device), record_function("pgolf.forward"):  # the backward runs on autograd's thread
                 loss = self.net(x, y, **extra)
             total += loss.detach()
             (loss / self.accum).backward()
+            if micro == 0 and self.accum > 1 and self.replays_graphs:
+                own_gradients(self.model)
         opt.set_muon_momentum(muon_momentum_at(step, self.cfg.optim, frac))
         opt.set_lr_mul(mul)
         opt.set_wd_mul(wd_mul(frac, self.cfg.optim))
         if self.cfg.optim.grad_clip_norm > 0:  # DDP has already averaged the gradients: this is the global norm
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip_norm)
+            with record_function("pgolf.clip"):  # ranges a profile reports (pgolf.train.profile.range_spans)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip_norm)
         opt.step()
         if not priming and self.averager is not None:
-            self.averager.after_step(self.model, step + 1, warmdown_mul(step, elapsed, tc))
+            with record_function("pgolf.ema"):
+                self.averager.after_step(self.model, step + 1, warmdown_mul(step, elapsed, tc))
         return total / self.accum
