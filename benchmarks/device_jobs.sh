@@ -15,6 +15,7 @@
 # fa4                  GPU tests of model/attn_fa4.py and varlen_attn_bench.py fa2_varlen vs fa4 and its forward
 #                      options (on data/proxy_sp8192 when built, e.g. after data:sp8192); needs .fa4site from an
 #                      earlier call (fa4_wheels.sh)
+# fa4pad:<n,n,...>     varlen_attn_bench.py fa2_varlen vs fa4 at each count of padded offsets (--pad-to)
 # data:<tokenizer>     also build data/proxy_<tokenizer> (e.g. sp8192, from .carry/tok/proxy_sp8192.model)
 # profile:<preset>[:<tokenizer>]  40 s proxy run with train.profile_steps=20 -> $OUT/profile_<preset>.json
 set -uo pipefail
@@ -61,6 +62,14 @@ for job in "$@"; do
       d=data/proxy_sp1024; [ -d data/proxy_sp8192 ] && d=data/proxy_sp8192
       python3 benchmarks/varlen_attn_bench.py --data "$d" --out "$OUT/varlen_attn_bench_fa4.json" \
         --variants fa2_varlen fa4 fa4_tile128 fa4_nopack fa4_tile128_nopack 2>&1 | tail -7 ;;
+    fa4pad:*)  # fa4pad:2048,512,320: the same at each count of padded offsets (pgolf pads 48 x 2048 proxy batches
+      #           to 512 = 64 * 2^3, where at most 278 are needed; FA4 sizes its backward buffers by the count)
+      d=data/proxy_sp1024; [ -d data/proxy_sp8192 ] && d=data/proxy_sp8192
+      for pad in $(echo "${job#fa4pad:}" | tr , ' '); do
+        echo "--pad-to $pad"
+        python3 benchmarks/varlen_attn_bench.py --data "$d" --pad-to "$pad" --out "$OUT/varlen_attn_bench_pad$pad.json" \
+          --variants fa2_varlen fa4 2>&1 | grep -E "^(fa2_varlen|fa4) "
+      done ;;
     data:*)
       tok="${job#data:}"
       python3 -m pgolf data build --corpus proxy --tokenizer "$tok" --docs-dir .carry/proxy_docs \
