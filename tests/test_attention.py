@@ -406,7 +406,10 @@ def test_segment_bound_fits_every_window_of_the_stream():
         ids = torch.from_numpy(stream[start:start + rows * L].astype(np.int64)).view(rows, L)
         most = max(most, cu_seqlens(ids, BOS).numel())
         assert padded_cu_seqlens(ids, BOS, True, bucket=8, size=bound).numel() == bound  # one length, one graph
-    assert bound == 8 * 2 ** int(np.ceil(np.log2(most / 8)))  # the tightest 8 * 2^k
+    assert bound == -(-most // 8) * 8 and bound >= most  # the tightest multiple of 8
+    hi = segment_bound(stream, rows=rows, seq_len=L, bos_id=BOS, doc_isolated=True, bucket=1)
+    assert most <= hi == 61  # rows + 1 offsets and the most BOS tokens of any window, before rounding
+    assert segment_bound(stream, rows=rows, seq_len=L, bos_id=BOS, doc_isolated=True, bucket=12) == 72  # not 12*2^3
     assert segment_bound(stream, rows=rows, seq_len=L, bos_id=BOS, doc_isolated=False, bucket=8) == 8
 
 

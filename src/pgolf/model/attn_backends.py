@@ -26,7 +26,7 @@ and fa3 take them from outside the graph, as TOP's loader does (#1855 ``_build_c
 runs eagerly per batch (in training on the host batch, before its copy to the GPU: no sync) and pads the offsets
 with the total length (empty trailing segments) up to one fixed length per batch shape, so one compiled graph
 serves every batch: the training loop takes that length from the data (`segment_bound`, the most segments any
-window can hold, rounded up to CU_BUCKET * 2^k), hands it to ``GPT.pad_segments`` and primes it before the clock,
+window can hold, rounded up to a multiple of CU_BUCKET), hands it to ``GPT.pad_segments`` and primes it before the clock,
 as TOP pads every batch to CU_BUCKET_SIZE.
 """
 
@@ -44,7 +44,8 @@ from pgolf.model.attn_fa4 import attend_fa4
 
 BACKENDS = ("sdpa", "flex", "varlen", "fa3", "fa4")
 SEGMENT_BACKENDS = ("varlen", "fa3", "fa4")  # backends whose context is cu_seqlens
-# cu_seqlens lengths are padded to CU_BUCKET * 2^k, at least to the length primed for the batch shape. One bucket
+# cu_seqlens are padded to the length primed for the batch shape: the data's bound rounded up to a multiple of
+# CU_BUCKET (#1855's loader pads to a multiple of 64 too); a batch past it pads to CU_BUCKET * 2^k. One bucket
 # per length cost 16 graphs and 243 s of warm-up on the proxy, and a doubling ladder (64..512 per shape, train and
 # eval, loops off and on) ran past 9 minutes at #1855's size (issue 5); one padded length per shape needs one graph.
 # An empty segment only launches kernel blocks that exit at once.
@@ -114,7 +115,9 @@ def segment_bound(tokens: Any, *, rows: int, seq_len: int, bos_id: int, doc_isol
                   bucket: int | None = None) -> int:
     """One padded cu_seqlens length that fits every (rows, seq_len) batch cut from the 1-d token array `tokens`:
     rows + 1 offsets plus the most BOS tokens any window of rows*seq_len tokens holds (a window starts anywhere, so
-    this bounds every loader), rounded up to `bucket` * 2^k. What the loop pads to and primes."""
+    this bounds every loader), rounded up to a multiple of `bucket`, not to `bucket` * 2^k: FA4 sizes its backward's
+    accumulators by the offsets' count (48 x 2048 proxy batches need at most 278: 320, not 512). What the loop pads
+    to and primes."""
     import numpy as np
 
     hi = rows + 1
@@ -123,7 +126,8 @@ def segment_bound(tokens: Any, *, rows: int, seq_len: int, bos_id: int, doc_isol
         bos = np.flatnonzero(np.asarray(tokens) == bos_id)
         if bos.size:
             hi += int((np.searchsorted(bos, bos + window, side="left") - np.arange(bos.size)).max())
-    return bucketed(hi, bucket or CU_BUCKET)
+    b = bucket or CU_BUCKET
+    return -(-hi // b) * b
 
 
 def flex_block_mask(input_ids: Tensor, bos_id: int, doc_isolated: bool) -> Any:
