@@ -10,11 +10,13 @@
 #          MORE="fa4:model.attn_backend=fa4 ..." extra variants of this checkout, at both progresses
 #          VARIANTS="..." replaces the two default variants (base, no_mix_order) | PROGRESS="1.0 0.0" which to run
 #          FULL=1: time the loop's whole step (model_step_bench.py --full-step: 8 micro-steps, clip, optimizers, EMA)
+#          SETS="key=value ...": settings for every variant of both checkouts (e.g. model.attn_backend=fa4)
 #   time on one H100 (estimate): setup ~30 s, then ~80 s per compiled variant (4, +2 per MORE, +2 with OLD_SRC)
 set -uo pipefail
 source benchmarks/device_env.sh sp8192 || exit 1
 OLD_SRC=${OLD_SRC:-}
 COMMON=(--preset pr1855 --data data/proxy_sp8192 --iters "${ITERS:-10}" --kernels "${KERNELS:-3}" ${FULL:+--full-step})
+for kv in ${SETS:-}; do COMMON+=(--set "$kv"); done  # e.g. SETS="model.attn_backend=fa4": every variant, OLD_SRC too
 rc=0
 for prog in ${PROGRESS:-1.0 0.0}; do
   variants=()
