@@ -113,40 +113,45 @@ def device_rows(events, *, cuda: bool) -> dict[str, list[float]]:
     return rows
 
 
+def busy_intervals(events) -> list[list]:
+    """The device's busy time as disjoint [start, end, first, last] intervals in order: the `counted` records merged
+    across streams (touching ones too), `first` the name of the record that opens an interval and `last` of the one
+    that ends latest in it."""
+    out: list[list] = []
+    for start, end, name in sorted((ev.time_range.start, ev.time_range.end, ev.name)
+                                   for ev in events if counted(ev, cuda=True)):
+        if out and start <= out[-1][1]:
+            if end >= out[-1][1]:
+                out[-1][1], out[-1][3] = end, name
+        else:
+            out.append([start, end, name, name])
+    return out
+
+
 def device_busy(events) -> dict[str, float]:
     """µs from the first device record to the last (`span`), µs in which at least one ran (`busy`: the union of
     their intervals, so kernels overlapping on two streams count once) and `idle` = span - busy, when the GPU
     waited for the host."""
-    spans = sorted((ev.time_range.start, ev.time_range.end) for ev in events if counted(ev, cuda=True))
-    if not spans:
+    intervals = busy_intervals(events)
+    if not intervals:
         return {"span": 0.0, "busy": 0.0, "idle": 0.0}
-    busy, (cur_start, cur_end) = 0.0, spans[0]
-    for start, end in spans[1:]:
-        if start > cur_end:
-            busy += cur_end - cur_start
-            cur_start = start
-        cur_end = max(cur_end, end)
-    busy += cur_end - cur_start
-    span = cur_end - spans[0][0]  # cur_end is the latest end seen
+    busy = sum(end - start for start, end, *_ in intervals)
+    span = intervals[-1][1] - intervals[0][0]
     return {"span": span, "busy": busy, "idle": span - busy}
 
 
 def idle_gaps(events, *, steps: int = 1, top: int = 8, min_us: float = 5.0) -> list[dict[str, Any]]:
-    """The GPU's waits for the host, grouped by where they fall: each gap of at least `min_us` between device
-    records (`counted`, merged across streams as in `device_busy`) is keyed by the record that ended last before it
-    and the one that started it, e.g. the optimizer's last kernel -> the next micro-batch's first. Returns the `top`
-    pairs by idle time: ``before``, ``after``, ``ms_per_step`` and ``gaps_per_step``."""
-    spans = sorted((ev.time_range.start, ev.time_range.end, ev.name) for ev in events if counted(ev, cuda=True))
+    """The GPU's waits for the host, grouped by where they fall: each gap of at least `min_us` between
+    `busy_intervals` is keyed by the record that ended last before it and the one that started it, e.g. the
+    optimizer's last kernel -> the next micro-batch's first. Returns the `top` pairs by idle time: ``before``,
+    ``after``, ``ms_per_step`` and ``gaps_per_step``."""
     pairs: dict[tuple[str, str], list[float]] = {}
-    if spans:
-        cur_end, cur_name = spans[0][1], spans[0][2]
-        for start, end, name in spans[1:]:
-            if start - cur_end >= min_us:
-                row = pairs.setdefault((cur_name[:120], name[:120]), [0.0, 0])
-                row[0] += start - cur_end
-                row[1] += 1
-            if end >= cur_end:
-                cur_end, cur_name = end, name
+    intervals = busy_intervals(events)
+    for (_, prev_end, _, prev_last), (start, _, first, _) in zip(intervals, intervals[1:]):
+        if start - prev_end >= min_us:
+            row = pairs.setdefault((prev_last[:120], first[:120]), [0.0, 0])
+            row[0] += start - prev_end
+            row[1] += 1
     rows = sorted(pairs.items(), key=lambda kv: -kv[1][0])[:top]
     return [{"before": b, "after": a, "ms_per_step": us / 1000 / max(steps, 1), "gaps_per_step": n / max(steps, 1)}
             for (b, a), (us, n) in rows]

@@ -39,8 +39,8 @@ def next_micro_batch(loader, model: GPT, tc, device: torch.device) -> tuple[torc
 
 
 def own_gradients(model: nn.Module) -> None:
-    """Replace every .grad with a copy (two fused launches per dtype), so that no gradient is a buffer a CUDA graph
-    replay writes into (TrainStep.replays_graphs)."""
+    """Replace every .grad with a copy (one multi-tensor op, a few fused launches), so that no gradient is a buffer a
+    CUDA graph replay writes into (TrainStep.replays_graphs)."""
     params = [p for p in model.parameters() if p.grad is not None]
     for p, g in zip(params, torch._foreach_mul([p.grad for p in params], 1.0)):
         p.grad = g
@@ -96,7 +96,8 @@ class TrainStep:
         opt.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.rt.device)
         for micro, (x, y, extra) in enumerate(self.micro_batches()):
-            with autocast_ctx(self.rt.device), record_function("pgolf.forward"):  # the backward runs on autograd's thread
+            # a range for profiles (profile.range_spans); the backward's kernels launch from autograd's own thread
+            with autocast_ctx(self.rt.device), record_function("pgolf.forward"):
                 loss = self.net(x, y, **extra)
             total += loss.detach()
             (loss / self.accum).backward()
