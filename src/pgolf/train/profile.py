@@ -12,6 +12,7 @@ diagnosis, its BPB and tokens/s are not comparable.
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +148,7 @@ def idle_gaps(events, *, steps: int = 1, top: int = 8, min_us: float = 5.0) -> l
     ``after``, ``ms_per_step`` and ``gaps_per_step``."""
     pairs: dict[tuple[str, str], list[float]] = {}
     intervals = busy_intervals(events)
-    for (_, prev_end, _, prev_last), (start, _, first, _) in zip(intervals, intervals[1:]):
+    for (_, prev_end, _, prev_last), (start, _, first, _) in pairwise(intervals):
         if start - prev_end >= min_us:
             row = pairs.setdefault((prev_last[:120], first[:120]), [0.0, 0])
             row[0] += start - prev_end
