@@ -68,7 +68,7 @@ for job in "$@"; do
       for pad in $(echo "${job#fa4pad:}" | tr , ' '); do
         echo "--pad-to $pad"
         python3 benchmarks/varlen_attn_bench.py --data "$d" --pad-to "$pad" --out "$OUT/varlen_attn_bench_pad$pad.json" \
-          --variants fa2_varlen fa4 2>&1 | grep -E "^(fa2_varlen|fa4) "
+          --variants fa2_varlen fa4 2>&1 | grep -E "^(fa2_varlen|fa4) |Error"
       done ;;
     data:*)
       tok="${job#data:}"
