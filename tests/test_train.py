@@ -127,6 +127,10 @@ def test_compile_mode_reaches_the_training_graph_and_is_validated(byte_dataset, 
             "options": {"max_autotune": True, "coordinate_descent_tuning": True}} in seen
     train_cpu(with_train(cfg, compile_mode="reduce-overhead"), tmp_path / "run_graphs")
     assert {"dynamic": False, "fullgraph": True, "options": {"triton.cudagraphs": True}} in seen
+    seen.clear()
+    train_cpu(with_train(cfg, compile_mode="default"), tmp_path / "run_default")
+    train_cpu(with_train(cfg, compile_mode="default", coordinate_descent_tuning=True), tmp_path / "run_tuned")
+    assert [kw["options"] for kw in seen if "options" in kw] == [{}, {"coordinate_descent_tuning": True}]  # training's
     with pytest.raises(ValueError, match="train.compile_mode='fast'"):
         train_cpu(tiny_run_config(byte_dataset, tmp_path / "runs", compile_mode="fast"), tmp_path / "run2")
 

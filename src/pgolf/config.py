@@ -261,6 +261,10 @@ class TrainConfig:
     # tensor, as in RMSNorm's backward, in one kernel). Off by default: torch 2.11 asserts on some stacks with it
     # (train/loop.py); evaluation graphs always compile without it
     mix_order_reduction: bool = False
+    # inductor's coordinate-descent tuning of its generated Triton kernels (block sizes, warps), timed on the device
+    # at compile: the fused norms, rotary and residual mixes are about a quarter of pr1855's GPU time. Off by default
+    # (longer warm-up, outside the clock); max-autotune-no-cudagraphs already includes it
+    coordinate_descent_tuning: bool = False
     device: str = "auto"  # auto | cpu | cuda
     # --- training techniques: averaging, QAT, loaders, kernels (each off by default) ---
     # Checked by pgolf.train.schedule.check_train_techniques; formulas in train/{schedule,ema,qat}.py, data/loaders_*.py.

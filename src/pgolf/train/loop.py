@@ -78,13 +78,16 @@ def avoid_inductor_fusion_bug() -> None:
 def training_compile_kwargs(tc) -> dict:
     """torch.compile arguments of the training graph: train.compile_mode as its inductor options (mode and options
     cannot both be given), plus mix-order reduction (row and column reductions of one tensor, as in RMSNorm's
-    backward, in one kernel) when train.mix_order_reduction is on and this inductor has it."""
+    backward, in one kernel) when train.mix_order_reduction is on and this inductor has it, and coordinate-descent
+    tuning of inductor's kernels when train.coordinate_descent_tuning is on."""
     import torch._inductor as inductor
     import torch._inductor.config as inductor_config
 
     options = dict(inductor.list_mode_options(tc.compile_mode))
     if tc.mix_order_reduction and hasattr(inductor_config.triton, "mix_order_reduction"):
         options["triton.mix_order_reduction"] = True
+    if tc.coordinate_descent_tuning:
+        options["coordinate_descent_tuning"] = True
     return {"dynamic": False, "fullgraph": True, "options": options}
 
 
