@@ -12,6 +12,7 @@ from torch.autograd import DeviceType
 from pgolf.config import TrainConfig
 from pgolf.train.profile import (
     PROFILE_SKIP,
+    busy_intervals,
     device_busy,
     idle_gaps,
     kind_of,
@@ -100,8 +101,8 @@ def test_device_busy_is_the_union_of_device_records_and_idle_the_rest():
     events = [ev(0, 10), ev(5, 12), ev(20, 30), ev(26, 28),  # busy 0-12 and 20-30: 22 of a 40 µs span
               ev(12, 20, device=DeviceType.CPU), ev(0, 40, annotation=True), ev(30, 40, name="Buffer Flush"),
               ev(35, 40)]
-    assert device_busy(events) == {"span": 40, "busy": 27, "idle": 13}
-    assert device_busy([]) == {"span": 0.0, "busy": 0.0, "idle": 0.0}
+    assert device_busy(busy_intervals(events)) == {"span": 40, "busy": 27, "idle": 13}
+    assert device_busy(busy_intervals([])) == {"span": 0.0, "busy": 0.0, "idle": 0.0}
 
 
 def test_idle_gaps_name_the_kernels_either_side_of_each_wait():
@@ -116,13 +117,13 @@ def test_idle_gaps_name_the_kernels_either_side_of_each_wait():
               ev(400, 500, "adam"), ev(520, 600, "fwd_0"),  # 20 µs: adam -> fwd_0 again
               ev(600, 640, "muon"), ev(300, 700, "host op", device=DeviceType.CPU), ev(0, 700, "r", annotation=True),
               ev(650, 660, "clip")]  # 10 µs: muon -> clip
-    assert idle_gaps(events, steps=2, min_us=5) == [  # largest first; per step over the 2 steps
+    assert idle_gaps(busy_intervals(events), steps=2, min_us=5) == [  # largest first; per step over the 2 steps
         {"before": "bwd", "after": "adam", "ms_per_step": pytest.approx(0.05), "gaps_per_step": 0.5},
         {"before": "adam", "after": "fwd_0", "ms_per_step": pytest.approx(0.025), "gaps_per_step": 1.0},
         {"before": "muon", "after": "clip", "ms_per_step": pytest.approx(0.005), "gaps_per_step": 0.5}]
-    assert idle_gaps(events, steps=2, min_us=25, top=1) == [
+    assert idle_gaps(busy_intervals(events), steps=2, min_us=25, top=1) == [
         {"before": "bwd", "after": "adam", "ms_per_step": pytest.approx(0.05), "gaps_per_step": 0.5}]
-    assert idle_gaps([]) == []
+    assert idle_gaps(busy_intervals([])) == []
 
 
 def test_range_spans_are_the_device_side_spans_of_annotated_ranges():

@@ -129,11 +129,10 @@ def busy_intervals(events) -> list[list]:
     return out
 
 
-def device_busy(events) -> dict[str, float]:
-    """µs from the first device record to the last (`span`), µs in which at least one ran (`busy`: the union of
-    their intervals, so kernels overlapping on two streams count once) and `idle` = span - busy, when the GPU
-    waited for the host."""
-    intervals = busy_intervals(events)
+def device_busy(intervals: list[list]) -> dict[str, float]:
+    """From `busy_intervals`: µs from the first device record to the last (`span`), µs in which at least one ran
+    (`busy`: the union of their intervals, so kernels overlapping on two streams count once) and `idle` = span -
+    busy, when the GPU waited for the host."""
     if not intervals:
         return {"span": 0.0, "busy": 0.0, "idle": 0.0}
     busy = sum(end - start for start, end, *_ in intervals)
@@ -141,13 +140,12 @@ def device_busy(events) -> dict[str, float]:
     return {"span": span, "busy": busy, "idle": span - busy}
 
 
-def idle_gaps(events, *, steps: int = 1, top: int = 8, min_us: float = 5.0) -> list[dict[str, Any]]:
-    """The GPU's waits for the host, grouped by where they fall: each gap of at least `min_us` between
+def idle_gaps(intervals: list[list], *, steps: int = 1, top: int = 8, min_us: float = 5.0) -> list[dict[str, Any]]:
+    """The GPU's waits for the host, grouped by where they fall: each gap of at least `min_us` between the
     `busy_intervals` is keyed by the record that ended last before it and the one that started it, e.g. the
     optimizer's last kernel -> the next micro-batch's first. Returns the `top` pairs by idle time: ``before``,
     ``after``, ``ms_per_step`` and ``gaps_per_step``."""
     pairs: dict[tuple[str, str], list[float]] = {}
-    intervals = busy_intervals(events)
     for (_, prev_end, _, prev_last), (start, _, first, _) in pairwise(intervals):
         if start - prev_end >= min_us:
             row = pairs.setdefault((prev_last[:120], first[:120]), [0.0, 0])
@@ -178,6 +176,7 @@ def summarize(prof: profile, *, cuda: bool, steps: int, top: int = 30) -> dict[s
     device's busy and idle time per step over the window (`device_busy`), where the idle falls (`idle_gaps`) and
     the GPU time of each annotated range (`range_spans`)."""
     events = prof.events()
+    intervals = busy_intervals(events) if cuda else []  # merged once, read by device_busy and idle_gaps
     rows = [{"name": name, "kind": kind_of(name), "self_us": us, "calls": calls}
             for name, (us, calls) in device_rows(events, cuda=cuda).items()]
     rows.sort(key=lambda r: -r["self_us"])
@@ -193,6 +192,6 @@ def summarize(prof: profile, *, cuda: bool, steps: int, top: int = 30) -> dict[s
         "kinds": {k: {"ms_per_step": v / per_step, "share": v / total}
                   for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
         "top": [dict(r, ms_per_step=r["self_us"] / per_step, share=r["self_us"] / total) for r in rows[:top]],
-        **({"device_time": {k: v / per_step for k, v in device_busy(events).items()},
-            "idle_gaps": idle_gaps(events, steps=steps), "ranges": range_spans(events, steps=steps)} if cuda else {}),
+        **({"device_time": {k: v / per_step for k, v in device_busy(intervals).items()},
+            "idle_gaps": idle_gaps(intervals, steps=steps), "ranges": range_spans(events, steps=steps)} if cuda else {}),
     }
