@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             r = {"variant": name, "overrides": overrides, "error": f"{type(e).__name__}: {str(e)[:400]}"}
         results.append(r)
         print(f"{name:20s} " + (f"{r['ms_median']:9.2f} ms/{r['timed']}  {r['tokens_per_s']:>11,} tok/s  "
-                                f"first step {r['first_step_s']} s  peak {r['peak_mib']} MiB"
+                                f"first step {r['first_step_s']} s  peak {r['peak_mib']} MiB "
+                                f"(reserved {r.get('reserved_mib')})"
                                 if "error" not in r else r["error"])
               + (f"  GPU idle {r['device_time']['idle']:.1f} of {r['device_time']['span']:.1f} ms"
                  if r.get("device_time") else ""), flush=True)

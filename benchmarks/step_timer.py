@@ -52,7 +52,9 @@ def sync(device: torch.device) -> None:
 def time_steps(step: Callable[[], Any], device: torch.device, warmup: int, iters: int,
                reset: Callable[[], None] = lambda: None) -> dict:
     """Run `step` `warmup` times (compiles and autotuning happen here), then time `iters` runs of it, each after
-    `reset` (e.g. clearing gradients). Returns ms_median, ms_mean, peak_mib and what the last step returned."""
+    `reset` (e.g. clearing gradients). Returns ms_median, ms_mean, peak_mib (allocated above what was held before
+    each step), reserved_mib (the allocator's whole peak: under CUDA graphs the step's memory is a pool reserved
+    during warm-up, which peak_mib does not see) and what the last step returned."""
     for _ in range(warmup):
         reset()
         step()
@@ -74,8 +76,10 @@ def time_steps(step: Callable[[], Any], device: torch.device, warmup: int, iters
         else:
             times.append(1e3 * (time.perf_counter() - t0))
     peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20 if device.type == "cuda" else None
+    reserved = torch.cuda.max_memory_reserved(device) / 2**20 if device.type == "cuda" else None
     return {"ms_median": statistics.median(times), "ms_mean": statistics.fmean(times),
-            "peak_mib": None if peak is None else round(peak, 1), "last": last}
+            "peak_mib": None if peak is None else round(peak, 1),
+            "reserved_mib": None if reserved is None else round(reserved, 1), "last": last}
 
 
 def kernel_table(step: Callable[[], Any], device: torch.device, steps: int, top: int = 8,

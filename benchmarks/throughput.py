@@ -133,10 +133,11 @@ def run_pgolf(args, workdir: Path, run_id: str) -> dict[str, Any]:
         return res
     res["profile"] = read_profile(run_dir / "profile.json") if args.profile_steps else None
     trace, summary, log, cfg = load_pgolf_run(run_dir)
-    peak = summary.get("peak_mem_bytes")
+    peak, reserved = summary.get("peak_mem_bytes"), summary.get("peak_reserved_bytes")
     res.update(trace=trace, cfg=cfg, summary_found=bool(summary), model_params=log.get("model_params"),
-               peak_mem_mib=int(peak) // 2**20 if peak else log.get("peak_mem_mib"), device=summary.get("device"),
-               summary_mfu=summary.get("mfu"))
+               peak_mem_mib=int(peak) // 2**20 if peak else log.get("peak_mem_mib"),
+               peak_reserved_mib=int(reserved) // 2**20 if reserved else log.get("peak_reserved_mib"),
+               device=summary.get("device"), summary_mfu=summary.get("mfu"))
     return res
 
 
@@ -295,7 +296,8 @@ def print_table(result: dict[str, Any]) -> None:
                   f"{fmt(st.get('step_time_s'), '.4f'):>8s} {fmt((run.get('mfu') or {}).get(ph), '.3f'):>7s}")
         if run:
             print(f"{name:8s} wall {run.get('wall_s')}s marks {run.get('marks')} rc {run.get('rc')} "
-                  f"stopped {run.get('stopped')} peak {run.get('peak_mem_mib')} MiB")
+                  f"stopped {run.get('stopped')} peak {run.get('peak_mem_mib')} MiB "
+                  f"(reserved {run.get('peak_reserved_mib')} MiB)")
     if "ratio_pgolf_over_record" in result:
         print("pgolf/record tok/s:", {k: None if v is None else round(v, 3)
                                       for k, v in result["ratio_pgolf_over_record"].items()})

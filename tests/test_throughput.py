@@ -119,6 +119,9 @@ def test_parse_pgolf_log():
     assert r["peak_mem_mib"] is None
     new = PGOLF_LOG.replace("train_time:90.0s epochs:3.599", "train_time:90.012s epochs:3.599 peak_mem_mib:10547")
     assert TP.parse_pgolf_log(new)["train_time_s"] == 90.012 and TP.parse_pgolf_log(new)["peak_mem_mib"] == 10547
+    both = TP.parse_pgolf_log(new.replace("peak_mem_mib:10547", "peak_mem_mib:10547 peak_reserved_mib:12001"))
+    assert (both["peak_mem_mib"], both["peak_reserved_mib"]) == (10547, 12001)
+    assert TP.parse_pgolf_log(new)["peak_reserved_mib"] is None  # logs from before the field
     cut = TP.parse_pgolf_log(PGOLF_LOG.split("stopped:")[0])  # stopped before the end of training
     assert (cut["steps"], cut["train_time_s"], cut["stopped_by"]) == (400, 22.8, None)
 
@@ -344,7 +347,7 @@ def test_end_to_end_tiny_pgolf_run_with_loops(byte_dataset, tmp_path, monkeypatc
     assert pg["switch_time_s"] == 1.0 and pg["steps"] > 20 and pg["train_time_s"] == pytest.approx(2.0, abs=0.2)
     assert 0 < pg["marks"]["first_step"] <= pg["marks"]["train_end"] < pg["wall_s"]
     assert pg["rc"] == 0 or pg["stopped"] == "stopped after train_end"  # ended by itself or stopped by us
-    assert pg["peak_mem_mib"] == 0  # CPU: from the stopped: line or the summary
+    assert pg["peak_mem_mib"] == 0 and pg["peak_reserved_mib"] == 0  # CPU: from the stopped: line or the summary
     assert pg["phases"]["flat"]["tokens_per_s"] > 0 and pg["phases"]["looped"]["tokens_per_s"] > 0
     assert pg["phases"]["flat"]["to_step"] <= pg["phases"]["looped"]["from_step"]
     assert pg["flops_per_token"]["virtual_layers"] == [2, 3] and pg["flops_per_token"]["looped"] > \

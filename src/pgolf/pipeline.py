@@ -185,6 +185,7 @@ def build_summary(cfg: RunConfig, rt: Runtime, data: Dataset, result: TrainResul
         "model_flops_per_token": flops["run_mean"],
         "flops_per_token": flops,  # per phase (flat / looped), T_eff, switch step: pgolf.report.flops
         "peak_mem_bytes": result.peak_mem_bytes,
+        "peak_reserved_bytes": result.peak_reserved_bytes,
         "world_size": rt.world_size,
         "device": gpu,
         "curve": result.curve,

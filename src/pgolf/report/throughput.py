@@ -21,7 +21,7 @@ from typing import Any
 from pgolf.report.flops import PhaseFlops, flat_steps, run_flops_per_token
 
 PGOLF_STEP = re.compile(r"^step:(\d+)/\d+ loss:\S+ lr_mul:\S+ train_time:([\d.]+)s tok/s:", re.M)
-PGOLF_STOP = re.compile(r"^stopped:(\w+) step:(\d+) train_time:([\d.]+)s epochs:\S+(?: peak_mem_mib:(\d+))?", re.M)
+PGOLF_STOP = re.compile(r"^stopped:(\w+) step:(\d+) train_time:([\d.]+)s epochs:\S+(?: peak_mem_mib:(\d+))?(?: peak_reserved_mib:(\d+))?", re.M)
 PGOLF_SHAPE = re.compile(r"^model_params:(\d+) world_size:(\d+) grad_accum:(\d+) micro_batch_tokens:(\d+) "
                          r"batch_tokens:(\d+)", re.M)
 
@@ -47,7 +47,8 @@ def parse_pgolf_log(text: str) -> dict[str, Any]:
             "steps": int(stop.group(2)) if stop else (points[-1][0] if points else 0),
             "train_time_s": float(stop.group(3)) if stop else (points[-1][1] if points else 0.0),
             "stopped_by": stop.group(1) if stop else None,
-            "peak_mem_mib": int(stop.group(4)) if (stop and stop.group(4)) else None}
+            "peak_mem_mib": int(stop.group(4)) if (stop and stop.group(4)) else None,
+            "peak_reserved_mib": int(stop.group(5)) if (stop and stop.group(5)) else None}
 
 
 def load_pgolf_run(run_dir: Path) -> tuple[Trace, dict[str, Any], dict[str, Any], Any]:

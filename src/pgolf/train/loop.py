@@ -58,7 +58,10 @@ class TrainResult:
     epochs: float
     stopped_by: str  # "wallclock" | "iterations"
     curve: list[dict] = field(default_factory=list)  # logged train-loss and validation points, in step order
-    peak_mem_bytes: int = 0
+    peak_mem_bytes: int = 0  # most memory held by tensors while the clock ran
+    peak_reserved_bytes: int = 0  # most memory the allocator held: under CUDA graphs (compile_mode=
+    # reduce-overhead) the graphs' private pool is reserved during warm-up and replays allocate nothing, so only
+    # this number counts the step's activations
     eval_losses: object = None  # (x, y) -> per-token nats, compiled when train.compile is on
     averager: WeightAverager | None = None  # EMA / SWA (train/ema.py); the pipeline applies it before export
 
@@ -235,9 +238,11 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
     if profiler is not None:
         profiler.close()
     model.set_progress(1.0)
-    peak = torch.cuda.max_memory_allocated(rt.device) if rt.device.type == "cuda" else 0
+    on_cuda = rt.device.type == "cuda"
+    peak = torch.cuda.max_memory_allocated(rt.device) if on_cuda else 0
+    reserved = torch.cuda.max_memory_reserved(rt.device) if on_cuda else 0
     log(f"stopped:{stopped_by} step:{step} train_time:{train_time:.3f}s epochs:{loader.epochs:.3f} "
-        f"peak_mem_mib:{peak // 2**20}")
+        f"peak_mem_mib:{peak // 2**20} peak_reserved_mib:{reserved // 2**20}")
     if qat is not None:  # scoring and export read the float weights
         qat_mod.set_enabled(model, False)
     if averager is not None:
@@ -246,6 +251,7 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
         checkpoint.save(run_dir, rt, model, opt, loader, step=step, elapsed_s=train_time, curve=curve, **extras_kw)
     return TrainResult(model=model, steps=step, train_time_s=train_time, tokens_seen=step * tc.batch_tokens,
                        epochs=loader.epochs, stopped_by=stopped_by, curve=curve, peak_mem_bytes=int(peak),
+                       peak_reserved_bytes=int(reserved),
                        eval_losses=eval_losses, averager=averager)
 
 
