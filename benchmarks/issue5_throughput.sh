@@ -17,7 +17,10 @@
 #          SKIP_SETUP=1: do not source device_env.sh (a local dry run:
 #          OUT=/tmp/o SKIP_SETUP=1 PRESET=tiny DATA=data/demo_sp1024 S=3 bash benchmarks/issue5_throughput.sh)
 #   two calls instead of one (advised since pr1855 uses attn_backend=varlen: pgolf primes one training graph per
-#   cu_seqlens bucket and loop state, and one eval graph per bucket): MODE=record, then MODE=pgolf, then locally
+#   cu_seqlens bucket and loop state, and one eval graph per bucket; and needed on a machine whose compile caches
+#   are cold: there the record took 228 s to its first step and pgolf 139 s to prime its first loop state, so
+#   pgolf ran out of its 260 s, throughput_issue5_mb64_pgolf_timeout_h100.json): MODE=record, then MODE=pgolf on
+#   the same warm machine, then locally
 #          python3 benchmarks/throughput.py --merge throughput_record.json throughput_pgolf.json --out merged.json
 #   the record's run on one H100 (torch 2.11) is kept in benchmarks/results/throughput_record_h100.json: a pgolf
 #   change needs only MODE=pgolf, merged against that file
