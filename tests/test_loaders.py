@@ -247,7 +247,6 @@ def test_build_loader_selects_by_train_loader(pos_shards):
                      types.SimpleNamespace(train_files=pos_shards, tokenizer=None, path="x"))
 
 
-
 @pytest.mark.parametrize("kind", ["stream", "coprime", "docpack"])
 def test_what_the_micro_batch_split_changes_in_a_steps_tokens(kind, doc_shards):
     """train.micro_batch_tokens is a speed knob (issue 5: 6 x 64 x 2048 fills the GPU better than the record's

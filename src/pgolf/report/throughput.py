@@ -21,7 +21,8 @@ from typing import Any
 from pgolf.report.flops import PhaseFlops, flat_steps, run_flops_per_token
 
 PGOLF_STEP = re.compile(r"^step:(\d+)/\d+ loss:\S+ lr_mul:\S+ train_time:([\d.]+)s tok/s:", re.M)
-PGOLF_STOP = re.compile(r"^stopped:(\w+) step:(\d+) train_time:([\d.]+)s epochs:\S+(?: peak_mem_mib:(\d+))?(?: peak_reserved_mib:(\d+))?", re.M)
+PGOLF_STOP = re.compile(r"^stopped:(\w+) step:(\d+) train_time:([\d.]+)s epochs:\S+(?: peak_mem_mib:(\d+))?"
+                        r"(?: peak_reserved_mib:(\d+))?", re.M)
 PGOLF_SHAPE = re.compile(r"^model_params:(\d+) world_size:(\d+) grad_accum:(\d+) micro_batch_tokens:(\d+) "
                          r"batch_tokens:(\d+)", re.M)
 
