@@ -7,6 +7,7 @@ the ratios pgolf / record.
     python3 benchmarks/throughput.py --record .peers/pr1855_train_gpt.py --pgolf pr1855 --seconds 60 \
         --data data/proxy_sp8192 --stop-after-training --out "$OUT/throughput_issue5.json"
     python3 benchmarks/throughput.py --merge a.json b.json --out c.json     # record and pgolf from two calls
+    python3 benchmarks/throughput.py --repeats p1.json p2.json p3.json --out r.json   # mean of merged pairings
     python3 benchmarks/throughput.py --pgolf tiny --data data/demo_sp1024 --seconds 5 --out /tmp/t.json   # CPU
 
 pgolf runs as ``python -m pgolf train --preset P --set train.wallclock_s=S ...`` with a cheap export (int8 + zlib,
@@ -228,6 +229,28 @@ def merge(paths: Sequence[Path]) -> dict[str, Any]:
     return compare(out)
 
 
+def repeats(paths: Sequence[Path]) -> dict[str, Any]:
+    """Several pairings of the same comparison (merged JSONs, record and pgolf of each from one machine): each one's
+    overall rates and ratios, the mean, min and max ratio per phase, and the targets judged on the means."""
+    rows = []
+    for p in paths:
+        d = json.loads(Path(p).read_text())
+        r = d.get("ratio_pgolf_over_record")
+        if not r or None in r.values():
+            raise SystemExit(f"{p}: no ratio_pgolf_over_record for every phase; give merged pairings (--merge)")
+        rows.append({"file": str(p), "device": d.get("device"), "ratio": r,
+                     "tokens_per_s": {k: d[k]["phases"]["overall"]["tokens_per_s"] for k in ("record", "pgolf")},
+                     "pgolf_mfu": (d["pgolf"].get("mfu") or {}).get("overall")})
+    ratio = {ph: {"mean": sum(x["ratio"][ph] for x in rows) / len(rows), "min": min(x["ratio"][ph] for x in rows),
+                  "max": max(x["ratio"][ph] for x in rows)} for ph in ("overall", "flat", "looped")}
+    mfus = [x["pgolf_mfu"] for x in rows if x["pgolf_mfu"] is not None]
+    mfu = sum(mfus) / len(mfus) if mfus else None
+    return {"what": "repeated pairings of pgolf against the record; targets judged on the mean ratio and MFU",
+            "pairings": rows, "ratio": ratio, "pgolf_mfu_mean": mfu, "targets": TARGETS,
+            "meets_targets": {"tokens_per_s_ratio": ratio["overall"]["mean"] >= TARGETS["tokens_per_s_ratio"],
+                              "mfu": mfu is not None and mfu >= TARGETS["mfu"]}}
+
+
 def measure(args) -> dict[str, Any]:
     from pgolf.fileio import atomic_write_json
     from pgolf.presets import get_preset
@@ -287,6 +310,14 @@ def print_table(result: dict[str, Any]) -> None:
     def fmt(x, spec):
         return "-" if x is None else format(x, spec)
 
+    if "pairings" in result:
+        for x in result["pairings"]:
+            print(f"{x['file']}: record {x['tokens_per_s']['record']:,.0f} pgolf {x['tokens_per_s']['pgolf']:,.0f} "
+                  f"tok/s, ratio", {k: round(v, 4) for k, v in x["ratio"].items()})
+        print("mean ratio", {k: round(v["mean"], 4) for k, v in result["ratio"].items()},
+              "pgolf MFU", fmt(result["pgolf_mfu_mean"], ".3f"), "meets targets", result["meets_targets"])
+        return
+
     print(f"{'run':8s} {'phase':8s} {'tok/s':>12s} {'step s':>8s} {'MFU':>7s}")
     for name in ("record", "pgolf"):
         run = result.get(name) or {}
@@ -337,16 +368,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="timed steps before the profiled window (past the loop switch to profile looped layers)")
     ap.add_argument("--workdir", type=Path, default=None, help="default: runs/throughput-<time>")
     ap.add_argument("--merge", type=Path, nargs="+", default=None, help="combine earlier JSONs of this script")
+    ap.add_argument("--repeats", type=Path, nargs="+", default=None, help="summarize merged pairings (mean ratio)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     from pgolf.fileio import atomic_write_json
 
     if args.merge:
         result = merge(args.merge)
+    elif args.repeats:
+        result = repeats(args.repeats)
     elif args.pgolf or args.record:
         result = measure(args)
     else:
-        ap.error("give --pgolf PRESET, --record PATH, both, or --merge A.json B.json")
+        ap.error("give --pgolf PRESET, --record PATH, both, --merge A.json B.json or --repeats P.json ...")
     atomic_write_json(args.out, result)
     print_table(result)
     print(f"wrote {args.out}")

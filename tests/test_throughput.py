@@ -7,6 +7,7 @@ import ast
 import importlib.util
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -283,6 +284,28 @@ def test_merge_two_calls(tmp_path):
     assert res["meets_targets"] == {"tokens_per_s_ratio": True, "mfu": False}
 
 
+def test_repeats_average_the_pairings_and_judge_the_mean(tmp_path, capsys):
+    def pairing(name, rec, pg, mfu):
+        phases = lambda r: {ph: {"tokens_per_s": r} for ph in ("overall", "flat", "looped")}
+        d = {"record": {"phases": phases(rec)}, "pgolf": {"phases": phases(pg), "mfu": {"overall": mfu}},
+             "ratio_pgolf_over_record": {ph: pg / rec for ph in ("overall", "flat", "looped")}}
+        (tmp_path / name).write_text(json.dumps(d))
+        return str(tmp_path / name)
+
+    files = [pairing("p1.json", 100.0, 116.0, 0.30), pairing("p2.json", 100.0, 113.0, 0.29)]
+    out = tmp_path / "r.json"
+    assert tp.main(["--repeats", *files, "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["ratio"]["overall"] == {"mean": pytest.approx(1.145), "min": pytest.approx(1.13),
+                                       "max": pytest.approx(1.16)}
+    assert res["pgolf_mfu_mean"] == pytest.approx(0.295) and [x["file"] for x in res["pairings"]] == files
+    assert res["meets_targets"] == {"tokens_per_s_ratio": False, "mfu": False}  # one pairing >= 1.15 is not enough
+    assert "mean ratio" in capsys.readouterr().out
+    (tmp_path / "half.json").write_text(json.dumps({"record": {"phases": {}}}))
+    with pytest.raises(SystemExit, match=r"half.json: no ratio_pgolf_over_record .* \(--merge\)"):
+        tp.main(["--repeats", files[0], str(tmp_path / "half.json"), "--out", str(out)])
+
+
 def _attn_ref(q, k, v, segments):
     """(T, H, D) attention, causal within each [a, b) segment, K/V heads repeated for GQA."""
     g = q.size(1) // k.size(1)
@@ -354,6 +377,8 @@ def test_end_to_end_tiny_pgolf_run_with_loops(byte_dataset, tmp_path, monkeypatc
         pg["flops_per_token"]["flat"]
     assert 0 < pg["mfu"]["flat_steps"] < pg["steps"] and pg["mfu"]["overall"] is None  # no peak on CPU
     assert res["device"] == "cpu" and "record" not in res
+    (log,) = tmp_path.glob("runs/throughput-tiny-*/train.log")  # step times in ms: the phase rates come from them
+    assert re.search(r"^step:\d+/\d+ .* train_time:\d+\.\d{3}s tok/s:", log.read_text(), re.M)
 
 
 @pytest.mark.gpu

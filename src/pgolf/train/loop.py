@@ -219,7 +219,7 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
             rate = (step - last_log_step) * tc.batch_tokens / max(now - last_log_t, 1e-9)
             eta = (tc.wallclock_s - now) if tc.wallclock_s > 0 else (tc.iterations - step) * now / max(step, 1)
             log(f"step:{step}/{tc.iterations} loss:{train_loss.item():.4f} lr_mul:{lr_mul(step, now, tc):.3f} "
-                f"train_time:{now:.1f}s tok/s:{fmt_rate(rate)} epoch:{loader.epochs:.3f} eta:{fmt_eta(eta)}")
+                f"train_time:{now:.3f}s tok/s:{fmt_rate(rate)} epoch:{loader.epochs:.3f} eta:{fmt_eta(eta)}")
             last_log_t, last_log_step = now, step
             curve.append({"step": step, "train_time_s": round(now, 3), "train_loss": float(train_loss.item())})
         if is_val:
