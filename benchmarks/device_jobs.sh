@@ -61,7 +61,7 @@ for job in "$@"; do
       tail -3 "$OUT/fa4_gputests.log"
       d=data/proxy_sp1024; [ -d data/proxy_sp8192 ] && d=data/proxy_sp8192
       python3 benchmarks/varlen_attn_bench.py --data "$d" --out "$OUT/varlen_attn_bench_fa4.json" \
-        --variants fa2_varlen fa4 fa4_tile128 fa4_nopack fa4_tile128_nopack 2>&1 | tail -7 ;;
+        --variants fa2_varlen fa4 fa4_bwd_repeat fa4_tile128 fa4_nopack fa4_tile128_nopack 2>&1 | tail -8 ;;
     fa4pad:*)  # fa4pad:2048,512,320: the same at each count of padded offsets (pgolf pads 48 x 2048 proxy batches
       #           to 512 = 64 * 2^3, where at most 278 are needed; FA4 sizes its backward buffers by the count)
       d=data/proxy_sp1024; [ -d data/proxy_sp8192 ] && d=data/proxy_sp8192

@@ -65,3 +65,33 @@ def test_fa4_forward_options_reach_fa4_and_keep_fa4s_gradients(monkeypatch, vari
     torch.testing.assert_close(out, ref)
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b)
+
+
+def test_fa4_bwd_repeat_runs_the_backward_on_query_heads_and_keeps_fa4s_gradients(monkeypatch):
+    import torch
+
+    from pgolf.model import attn_fa4
+    from pgolf.model.attn_backends import padded_cu_seqlens
+    from test_attn_fa4 import ReferenceFA4, ids_with_docs
+
+    bwd_kv_heads = []
+
+    class Recording(ReferenceFA4):  # the reference, recording the K/V head count its backward gets
+        @classmethod
+        def _flash_attn_bwd(cls, q, k, *a, **kw):
+            bwd_kv_heads.append(k.size(1))
+            return super()._flash_attn_bwd(q, k, *a, **kw)
+
+    monkeypatch.setattr(attn_fa4, "require_fa4", lambda: Recording)
+    cu = padded_cu_seqlens(ids_with_docs(), bos_id=1, doc_isolated=True, size=16)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(24, h, 8, generator=g).requires_grad_() for h in (4, 2, 2))
+    w = torch.randn(24, 4, 8, generator=g)
+    out = bench.make_fn("fa4_bwd_repeat", heads=4, seq_len=12)(q, k, v, cu)
+    grads = torch.autograd.grad((out * w).sum(), (q, k, v))
+    ref = torch.ops.pgolf.fa4_varlen_fwd(q, k, v, cu, 12)[0]
+    ref_grads = torch.autograd.grad((ref * w).sum(), (q, k, v))
+    assert bwd_kv_heads == [4, 2]  # repeated to the query heads; fa4's own backward on the 2 K/V heads
+    torch.testing.assert_close(out, ref)
+    for a, b, name in zip(grads, ref_grads, "qkv"):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=f"d{name}")

@@ -55,13 +55,19 @@ def _(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, max_seqlen: int) -> tuple[Ten
     return q.new_empty(q.shape), q.new_empty((q.size(1), q.size(0)), dtype=torch.float32)
 
 
-@torch.library.custom_op("pgolf::fa4_varlen_bwd", mutates_args=())
-def fa4_varlen_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, cu: Tensor,
-                   max_seqlen: int) -> tuple[Tensor, Tensor, Tensor]:
+def fa4_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, cu: Tensor,
+                 max_seqlen: int) -> tuple[Tensor, Tensor, Tensor]:
+    """FA4's varlen causal backward -> (dq, dk, dv) (benchmarks also call it on K/V repeated to the query heads)."""
     dq, dk, dv, *_ = require_fa4()._flash_attn_bwd(q, k, v, out, dout.contiguous(), lse, causal=True,
                                                    cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max_seqlen,
                                                    max_seqlen_k=max_seqlen)
     return dq, dk, dv
+
+
+@torch.library.custom_op("pgolf::fa4_varlen_bwd", mutates_args=())
+def fa4_varlen_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, cu: Tensor,
+                   max_seqlen: int) -> tuple[Tensor, Tensor, Tensor]:
+    return fa4_backward(dout, q, k, v, out, lse, cu, max_seqlen)
 
 
 @fa4_varlen_bwd.register_fake
