@@ -123,17 +123,8 @@ class FA4WithOptions(torch.autograd.Function):
         return dq, dk, dv, None, None, None
 
 
-class FA4RepeatKVBackward(torch.autograd.Function):
+class FA4RepeatKVBackward(FA4WithOptions):
     """FA4's GQA forward; the backward on K/V repeated to the query heads, dK/dV folded back per K/V head."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, cu, max_len):
-        from pgolf.model.attn_fa4 import fa4_forward
-
-        out, lse = fa4_forward(q, k, v, cu, max_len)
-        ctx.save_for_backward(q, k, v, out, lse, cu)
-        ctx.max_len = max_len
-        return out
 
     @staticmethod
     def backward(ctx, g):
@@ -144,7 +135,7 @@ class FA4RepeatKVBackward(torch.autograd.Function):
         dq, dk, dv = fa4_backward(g, q, *(t.repeat_interleave(group, dim=1) for t in (k, v)), out, lse, cu,
                                   ctx.max_len)
         fold = lambda t: t.unflatten(1, (-1, group)).sum(2, dtype=torch.float32).to(k.dtype)
-        return dq, fold(dk), fold(dv), None, None
+        return dq, fold(dk), fold(dv), None, None, None
 
 
 def make_fn(variant: str, heads: int, seq_len: int):
@@ -165,7 +156,7 @@ def make_fn(variant: str, heads: int, seq_len: int):
         if variant in FA4_FWD_OPTIONS:
             return lambda q, k, v, cu: FA4WithOptions.apply(q, k, v, cu, seq_len, FA4_FWD_OPTIONS[variant])
         if variant == "fa4_bwd_repeat":
-            return lambda q, k, v, cu: FA4RepeatKVBackward.apply(q, k, v, cu, seq_len)
+            return lambda q, k, v, cu: FA4RepeatKVBackward.apply(q, k, v, cu, seq_len, {})
         return lambda q, k, v, cu: torch.ops.pgolf.fa4_varlen_fwd(q, k, v, cu, seq_len)[0]
 
     def cudnn(q, k, v, cu):
