@@ -241,8 +241,10 @@ def repeats(paths: Sequence[Path]) -> dict[str, Any]:
         rows.append({"file": str(p), "device": d.get("device"), "ratio": r,
                      "tokens_per_s": {k: d[k]["phases"]["overall"]["tokens_per_s"] for k in ("record", "pgolf")},
                      "pgolf_mfu": (d["pgolf"].get("mfu") or {}).get("overall")})
-    ratio = {ph: {"mean": sum(x["ratio"][ph] for x in rows) / len(rows), "min": min(x["ratio"][ph] for x in rows),
-                  "max": max(x["ratio"][ph] for x in rows)} for ph in ("overall", "flat", "looped")}
+    ratio = {}
+    for ph in ("overall", "flat", "looped"):
+        vals = [x["ratio"][ph] for x in rows]
+        ratio[ph] = {"mean": sum(vals) / len(vals), "min": min(vals), "max": max(vals)}
     mfus = [x["pgolf_mfu"] for x in rows if x["pgolf_mfu"] is not None]
     mfu = sum(mfus) / len(mfus) if mfus else None
     return {"what": "repeated pairings of pgolf against the record; targets judged on the mean ratio and MFU",
