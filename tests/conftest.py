@@ -80,20 +80,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ddp_train_worker(rank: int, world: int, port: int, out_dir: str, cfg_dict: dict) -> None:
-    """torch.multiprocessing.spawn target: one gloo rank of the training loop; rank 0 saves
-    ``<out_dir>/ddp.pt`` with the final params, the logged curve and the EMA shadow (if any)."""
+def _as_rank(rank: int, world: int, port: int) -> None:
+    """The environment torchrun gives one rank (read by `pgolf.train.runtime.init_runtime`)."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+
+
+def ddp_train_worker(rank: int, world: int, port: int, out_dir: str, cfg_dict: dict, device: str = "cpu") -> None:
+    """torch.multiprocessing.spawn target: one rank of the training loop (gloo on CPU, NCCL on ``device="cuda"``,
+    GPU = rank). Each rank saves the final params, the logged curve and the EMA shadow (if any):
+    ``<out_dir>/ddp.pt`` from rank 0, ``ddp_rank<r>.pt`` from the others."""
+    _as_rank(rank, world, port)
     from pgolf.config import from_dict
 
-    torch.set_num_threads(1)
-    cfg = from_dict(cfg_dict)
-    res = train_cpu(cfg, out_dir)
-    if rank == 0:
-        torch.save({"params": {k: v.detach().clone() for k, v in res.model.state_dict().items()},
-                    "curve": res.curve, "ema": res.averager.ema.state() if res.averager and res.averager.ema else None},
-                   Path(out_dir) / "ddp.pt")
+    res = train_cpu(from_dict(cfg_dict), out_dir, device=device)
+    torch.save({"params": {k: v.detach().cpu().clone() for k, v in res.model.state_dict().items()},
+                "curve": res.curve, "ema": res.averager.ema.state() if res.averager and res.averager.ema else None},
+               Path(out_dir) / ("ddp.pt" if rank == 0 else f"ddp_rank{rank}.pt"))
+
+
+def ddp_pipeline_worker(rank: int, world: int, port: int, cfg_dict: dict, run_id: str) -> None:
+    """torch.multiprocessing.spawn target: one rank of the whole ``pgolf train`` pipeline, as under
+    ``torchrun --nproc_per_node=<world> -m pgolf train`` (the device is the config's train.device)."""
+    _as_rank(rank, world, port)
+    from pgolf.config import from_dict
+    from pgolf.pipeline import run
+
+    run(from_dict(cfg_dict), run_id=run_id)
 
 
 def small_trained_like_gpt(vocab_size: int = 96, seed: int = 0):

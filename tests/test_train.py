@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from conftest import (
+    ddp_pipeline_worker,
     ddp_train_worker,
     free_port,
     make_byte_dataset,
@@ -110,6 +111,26 @@ def test_two_process_gloo_equals_one_process_with_accumulation(tmp_path, clip):
         assert abs(a - b) < 1e-5
     for k, v in single.model.state_dict().items():
         torch.testing.assert_close(ddp["params"][k], v, atol=1e-5, rtol=1e-4)
+
+
+def test_pgolf_train_under_two_gloo_ranks_equals_one_process(tmp_path):
+    """The whole pipeline as ``torchrun --nproc_per_node=2 -m pgolf train`` runs it: rank 0's run id, training under
+    DDP, the export on rank 0 alone, the evaluation split over the ranks and summed. One run folder with the same
+    files as a one-process run with the same global batch, and the same numbers."""
+    data = make_byte_dataset(tmp_path / "ds")
+    cfg = tiny_run_config(data, tmp_path / "runs", iterations=4)  # 2 micro-batches: 1 per rank at world 2
+    cfg = dataclasses.replace(cfg, quant=dataclasses.replace(cfg.quant, keep_float_max_numel=256))
+    one = run(cfg, run_id="one")
+    mp.spawn(ddp_pipeline_worker, args=(2, free_port(), cfg.to_dict(), "two"), nprocs=2, join=True)
+    two = json.loads((tmp_path / "runs" / "two" / "summary.json").read_text())
+    assert (one["world_size"], two["world_size"]) == (1, 2)
+    assert sorted(p.name for p in (tmp_path / "runs" / "two").iterdir()) == sorted(
+        p.name for p in (tmp_path / "runs" / "one").iterdir())
+    for key in ("steps", "tokens_seen", "val_tokens_scored", "val_bytes_scored", "valid"):
+        assert two[key] == one[key], key
+    for key in ("prequant", "roundtrip"):
+        assert two["val_bpb"][key] == pytest.approx(one["val_bpb"][key], abs=1e-4), key
+    assert two["bytes"]["model"] == pytest.approx(one["bytes"]["model"], rel=0.01)
 
 
 def test_compile_mode_reaches_the_training_graph_and_is_validated(byte_dataset, tmp_path, monkeypatch):

@@ -1,0 +1,62 @@
+"""Two NCCL ranks on two GPUs: DDP with accumulation, the sharded Muon, the clip after the all-reduce and EMA train
+as one GPU with the same global batch, compiled and under CUDA graphs; the whole ``pgolf train`` pipeline runs
+under torchrun's environment. The CPU suite checks the same with gloo (tests/test_train.py).
+
+    python3 -m pytest -q -m gpu tests/test_gpu_ddp.py      # 2 GPUs; benchmarks/multi_gpu_device.sh runs it
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from conftest import (
+    ddp_pipeline_worker,
+    ddp_train_worker,
+    free_port,
+    tiny_run_config,
+    train_cpu,
+)
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")]
+
+
+def _gpu_config(data, runs, **train_kw):
+    """Document-isolated varlen attention, docpack loader, clip and EMA; 512 tokens a step in micro-batches of 128:
+    4 micro-steps on one GPU, 2 per rank on two."""
+    cfg = tiny_run_config(data, runs, device="cuda", batch_tokens=512, loader="docpack", ema_decay=0.99,
+                          warmup_steps=2, **train_kw)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, attn_backend="varlen", doc_isolated=True),
+                               optim=dataclasses.replace(cfg.optim, grad_clip_norm=0.3))
+
+
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_two_nccl_ranks_train_as_one_gpu(byte_dataset, tmp_path, mode):
+    cfg = _gpu_config(byte_dataset, tmp_path / "runs", compile=True, compile_mode=mode)
+    assert cfg.train.grad_accum(1) == 4 and cfg.train.grad_accum(2) == 2
+    torch._dynamo.reset()
+    single = train_cpu(cfg, tmp_path / "one", device="cuda")
+    mp.spawn(ddp_train_worker, args=(2, free_port(), str(tmp_path), cfg.to_dict(), "cuda"), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / name, weights_only=False) for name in ("ddp.pt", "ddp_rank1.pt")]
+    for k, v in ranks[0]["params"].items():  # DDP's invariant: every rank holds the same weights, bit for bit
+        assert torch.equal(ranks[1]["params"][k], v), k
+    one = [p["train_loss"] for p in single.curve if "train_loss" in p]
+    two = [p["train_loss"] for p in ranks[0]["curve"] if "train_loss" in p]
+    assert len(one) == len(two) == 6
+    assert two == pytest.approx(one, abs=2e-3)  # bf16 autocast: the sums of two ranks round differently
+    for k, v in single.model.state_dict().items():
+        torch.testing.assert_close(ranks[0]["params"][k], v.cpu(), atol=2e-3, rtol=2e-2, msg=k)
+
+
+def test_pgolf_train_pipeline_under_two_nccl_ranks(byte_dataset, tmp_path):
+    cfg = _gpu_config(byte_dataset, tmp_path / "runs", compile=True, iterations=8)
+    cfg = dataclasses.replace(cfg, quant=dataclasses.replace(cfg.quant, keep_float_max_numel=256))
+    mp.spawn(ddp_pipeline_worker, args=(2, free_port(), cfg.to_dict(), "two"), nprocs=2, join=True)
+    summary = json.loads((tmp_path / "runs" / "two" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 8 and summary["valid"]
+    assert summary["tokens_seen"] == 8 * 512
+    assert abs(summary["val_bpb"]["roundtrip"] - summary["val_bpb"]["prequant"]) < 0.05
