@@ -48,8 +48,11 @@ def test_two_nccl_ranks_train_as_one_gpu(byte_dataset, tmp_path, mode):
     two = [p["train_loss"] for p in ranks[0]["curve"] if "train_loss" in p]
     assert len(one) == len(two) == 6
     assert two == pytest.approx(one, abs=2e-3)  # bf16 autocast: the sums of two ranks round differently
-    for k, v in single.model.state_dict().items():
-        torch.testing.assert_close(ranks[0]["params"][k], v.cpu(), atol=2e-3, rtol=2e-2, msg=k)
+    # Element-wise the weights may part where Adam normalizes a near-zero gradient (a rare token's embedding row:
+    # a rounding-level change of sign moves it by the full lr), so each tensor is compared by its relative norm.
+    rel = {k: ((ranks[0]["params"][k].float() - v.cpu().float()).norm() / v.float().norm().clamp_min(1e-6)).item()
+           for k, v in single.model.state_dict().items() if v.is_floating_point()}
+    assert max(rel.values()) < 2e-2, sorted(rel.items(), key=lambda kv: -kv[1])[:3]
 
 
 def test_pgolf_train_pipeline_under_two_nccl_ranks(byte_dataset, tmp_path):
