@@ -15,6 +15,7 @@ from pgolf.config import ModelConfig
 from pgolf.model.attention import CausalSelfAttention, xsa_project_out
 from pgolf.model.attn_backends import (
     CU_BUCKET,
+    _row_segment_mask,
     cu_seqlens,
     doc_causal_mask,
     doc_ids,
@@ -331,6 +332,21 @@ def test_doc_isolated_single_document_equals_plain_causal(backend):
     x[1, 0] = 5  # a row with no BOS at all is one document as well
     with torch.no_grad():
         torch.testing.assert_close(iso.logits(x), plain.logits(x), atol=1e-5, rtol=1e-5)
+
+
+def test_varlen_cpu_reference_masks_row_by_row():
+    """The CPU reference of varlen builds one (T, T) mask per row, equal to the BOS-derived document mask, so an
+    evaluation batch of 256 x 2048 costs a GiB, not the TiB of one (B*T)² mask; offsets whose segments span rows
+    are refused."""
+    x = tokens(bos_at=(0, 7, 15))
+    x[1] = tokens(batch=1, seed=5, bos_at=(0, 4))[0]
+    B, T = x.shape
+    cu = padded_cu_seqlens(x, BOS, doc_isolated=True, size=16)
+    mask = _row_segment_mask(cu, B, T)
+    assert mask.shape == (B, 1, T, T)
+    assert torch.equal(mask, doc_causal_mask(x, BOS))
+    with pytest.raises(ValueError, match="every row start"):
+        _row_segment_mask(torch.tensor([0, 3, B * T], dtype=torch.int32), B, T)
 
 
 @pytest.mark.parametrize("backend", ["flex", "varlen"])

@@ -133,6 +133,28 @@ def test_pgolf_train_under_two_gloo_ranks_equals_one_process(tmp_path):
     assert two["bytes"]["model"] == pytest.approx(one["bytes"]["model"], rel=0.01)
 
 
+def test_ddp_wrapper_skips_the_buffer_sync_without_a_deprecation_warning(monkeypatch):
+    """The rotary tables are equal on every rank, so DDP does not broadcast buffers before each forward; torch 2.13
+    deprecates ``broadcast_buffers`` (a FutureWarning on every rank's log) for ``forward_sync_buffers``."""
+    import warnings
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    mod = torch.nn.Linear(2, 2)
+    mod.register_buffer("table", torch.ones(3))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            net = DDP(mod, **loop.no_buffer_sync())
+        assert net.broadcast_buffers is False
+    finally:
+        dist.destroy_process_group()
+
+
 def test_compile_mode_reaches_the_training_graph_and_is_validated(byte_dataset, tmp_path, monkeypatch):
     seen = []
 

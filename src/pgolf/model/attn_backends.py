@@ -268,12 +268,9 @@ def _attend_fa3(q: Tensor, k: Tensor, v: Tensor, cu: Tensor | None) -> Tensor:
 def _attend_varlen(q: Tensor, k: Tensor, v: Tensor, cu: Tensor) -> Tensor:
     """Causal attention within the segments [cu[i], cu[i+1]) of the flattened stream; (B, H, T, D) in and out."""
     B, H, T, D = q.shape
-    if not q.is_cuda:  # no CPU kernel: the same segments as a dense (1, 1, BT, BT) mask (tests, reference)
-        seg = torch.searchsorted(cu.to(torch.int64), torch.arange(B * T, device=q.device), right=True)
-        mask = same_segment_causal(seg[None])
-        flat = [t.transpose(1, 2).reshape(1, B * T, t.size(1), D).transpose(1, 2) for t in (q, k, v)]
-        y = F.scaled_dot_product_attention(*flat, attn_mask=mask, enable_gqa=k.size(1) != H)
-        return y.transpose(1, 2).reshape(B, T, H, D).transpose(1, 2)
+    if not q.is_cuda:  # no CPU kernel: the same segments as a dense (B, 1, T, T) mask (tests, reference)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=_row_segment_mask(cu, B, T),
+                                              enable_gqa=k.size(1) != H)
     fn, causal, native_gqa = _VARLEN or require_varlen()
     gqa: dict = {}
     if k.size(1) != H:
@@ -285,6 +282,18 @@ def _attend_varlen(q: Tensor, k: Tensor, v: Tensor, cu: Tensor) -> Tensor:
     out = fn(*flat, cu, cu, T, T, **causal, **gqa)
     out = out[0] if isinstance(out, tuple) else out
     return out.reshape(B, T, H, D).transpose(1, 2)
+
+
+def _row_segment_mask(cu: Tensor, B: int, T: int) -> Tensor:
+    """(B, 1, T, T) mask of causal attention within the segments of the flattened stream, row by row: exact when
+    every row start is a segment start, as `padded_cu_seqlens` builds them (else a segment would span rows, which
+    one mask per row cannot express: a ValueError, checked in eager mode). Per row, not one (B*T)² mask: an
+    evaluation batch of 524,288 tokens would need a TiB."""
+    cu = cu.to(torch.int64)
+    if not torch.compiler.is_compiling() and not torch.isin(torch.arange(0, B * T, T, device=cu.device), cu).all():
+        raise ValueError(f"cu_seqlens {cu.tolist()[:8]}... do not start a segment at every row start (T={T})")
+    seg = torch.searchsorted(cu, torch.arange(B * T, device=cu.device), right=True)
+    return same_segment_causal(seg.view(B, T))
 
 
 _VARLEN: list = []  # (varlen_attn, causal kwargs, has enable_gqa), filled once outside any compiled graph

@@ -78,6 +78,17 @@ def avoid_inductor_fusion_bug() -> None:
         inductor_config.triton.mix_order_reduction = False
 
 
+def no_buffer_sync() -> dict:
+    """DDP's keyword for not broadcasting buffers before every forward (the rotary tables are the same on every
+    rank): ``forward_sync_buffers=False`` where this torch has it (it deprecates ``broadcast_buffers``; it still syncs
+    once at construction), else ``broadcast_buffers=False`` (torch 2.11)."""
+    import inspect
+
+    if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
+
+
 def training_compile_kwargs(tc) -> dict:
     """torch.compile arguments of the training graph: train.compile_mode as its inductor options (mode and options
     cannot both be given), plus mix-order reduction (row and column reductions of one tensor, as in RMSNorm's
@@ -129,7 +140,7 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
         avoid_inductor_fusion_bug()
     compiled: nn.Module = torch.compile(model, **training_compile_kwargs(tc)) if tc.compile else model
     net: nn.Module = DDP(compiled, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None,
-                         broadcast_buffers=False) if rt.distributed else compiled
+                         **no_buffer_sync()) if rt.distributed else compiled
     opt = build_optimizers(model, cfg.optim)
     accum = tc.grad_accum(rt.world_size)
     loader = build_loader(tc, data, rank=rt.rank, world_size=rt.world_size)  # train.loader: stream|coprime|docpack
