@@ -36,6 +36,7 @@ def test_end_to_end_run_writes_everything(byte_dataset, tmp_path):
         assert (run_dir / name).is_file(), name
     on_disk = json.loads((run_dir / "summary.json").read_text())
     assert on_disk["steps"] == 8 and on_disk["valid"] is True
+    assert on_disk["compiles_in_clock"] == 0 and isinstance(on_disk["slow_steps"], list)  # train/watch.py
     assert on_disk["bytes"]["model"] == (run_dir / "artifact.pgz").stat().st_size
     assert on_disk["bytes"]["total"] == on_disk["bytes"]["code"] + on_disk["bytes"]["model"]
     assert 0 < summary["val_bpb"]["roundtrip"] < 8.5

@@ -186,6 +186,8 @@ def build_summary(cfg: RunConfig, rt: Runtime, data: Dataset, result: TrainResul
         "flops_per_token": flops,  # per phase (flat / looped), T_eff, switch step: pgolf.report.flops
         "peak_mem_bytes": result.peak_mem_bytes,
         "peak_reserved_bytes": result.peak_reserved_bytes,
+        "compiles_in_clock": result.compiles_in_clock,  # train/watch.py: the warm-up missed a guard
+        "slow_steps": result.slow_steps,
         "world_size": rt.world_size,
         "device": gpu,
         "curve": result.curve,

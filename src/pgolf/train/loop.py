@@ -38,6 +38,7 @@ from pgolf.report.runlog import RunLog, fmt_eta, fmt_rate
 from pgolf.train import checkpoint
 from pgolf.train.clock import Clock
 from pgolf.train.runtime import Runtime, seed_everything
+from pgolf.train.watch import ClockWatch
 from pgolf.train import qat as qat_mod
 from pgolf.train.ema import WeightAverager
 from pgolf.train.profile import StepProfiler
@@ -62,6 +63,8 @@ class TrainResult:
     peak_reserved_bytes: int = 0  # most memory the allocator held: under CUDA graphs (compile_mode=
     # reduce-overhead) the graphs' private pool is reserved during warm-up and replays allocate nothing, so only
     # this number counts the step's activations
+    compiles_in_clock: int = 0  # graphs compiled while the clock ran (train/watch.py): the warm-up missed a guard
+    slow_steps: list[int] = field(default_factory=list)  # logged steps that ended an interval 3x slower than typical
     eval_losses: object = None  # (x, y) -> per-token nats, compiled when train.compile is on
     averager: WeightAverager | None = None  # EMA / SWA (train/ema.py); the pipeline applies it before export
 
@@ -202,6 +205,7 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
     stopped_by = "iterations"
     profiler = StepProfiler.from_config(tc, run_dir, rt.device, rt.is_main)
     clock.start()
+    watch = ClockWatch()  # compiles and stalls inside the clock: logged as warnings, counted in the summary
     last_log_t, last_log_step = clock.elapsed(), step
     while True:
         cap_hit = tc.wallclock_s > 0 and clock.elapsed() >= tc.wallclock_s
@@ -231,10 +235,12 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
             eta = (tc.wallclock_s - now) if tc.wallclock_s > 0 else (tc.iterations - step) * now / max(step, 1)
             log(f"step:{step}/{tc.iterations} loss:{train_loss.item():.4f} lr_mul:{lr_mul(step, now, tc):.3f} "
                 f"train_time:{now:.3f}s tok/s:{fmt_rate(rate)} epoch:{loader.epochs:.3f} eta:{fmt_eta(eta)}")
+            for line in watch.check(step, step - last_log_step, now - last_log_t):
+                log(line)
             last_log_t, last_log_step = now, step
             curve.append({"step": step, "train_time_s": round(now, 3), "train_loss": float(train_loss.item())})
         if is_val:
-            with clock.paused():
+            with clock.paused(), watch.excluded():
                 res = evaluate_flat(eval_losses, data.val_tokens, lut, seq_len=tc.seq_len,
                                     batch_tokens=cfg.eval.batch_tokens, device=rt.device, max_tokens=tc.val_max_tokens)
             point = {"step": step, "train_time_s": round(clock.elapsed(), 3), "val_loss": res.loss,
@@ -262,8 +268,8 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
         checkpoint.save(run_dir, rt, model, opt, loader, step=step, elapsed_s=train_time, curve=curve, **extras_kw)
     return TrainResult(model=model, steps=step, train_time_s=train_time, tokens_seen=step * tc.batch_tokens,
                        epochs=loader.epochs, stopped_by=stopped_by, curve=curve, peak_mem_bytes=int(peak),
-                       peak_reserved_bytes=int(reserved),
-                       eval_losses=eval_losses, averager=averager)
+                       peak_reserved_bytes=int(reserved), compiles_in_clock=watch.compiles,
+                       slow_steps=watch.slow_steps, eval_losses=eval_losses, averager=averager)
 
 
 def tokens_per_second(result: TrainResult) -> float:
