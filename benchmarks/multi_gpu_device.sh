@@ -7,6 +7,7 @@
 #   carry: .whl .carry      command: JOBS="tests run" S=60 bash benchmarks/multi_gpu_device.sh
 #   env:   S=60 training seconds | PRESET=pr1855 | NPROC=all GPUs | RUN_ID=ddp<N>_<preset> | LIMIT=480 wall seconds
 #          for the run | PGOLF_SETS="--set model.attn_backend=fa4 ..." (fa4: unpack first, fa4_wheels.sh)
+#          TORCH_LOGS=recompiles: dynamo names the guard behind a "graph(s) compiled inside the clock" warning
 #          SKIP_SETUP=1 DATA=data/demo_sp1024: a local dry run on CPU (gloo), e.g.
 #          OUT=/tmp/o SKIP_SETUP=1 JOBS=run PRESET=tiny DATA=data/demo_sp1024 NPROC=2 S=5 \
 #            PGOLF_SETS="--set train.micro_batch_tokens=4096" bash benchmarks/multi_gpu_device.sh
@@ -35,7 +36,7 @@ for job in ${JOBS:-tests run}; do
           --preset "$PRESET" --run-id "$id" --set "data.path=$DATA" "${corpus[@]}" --set "train.wallclock_s=$S" \
           --set train.log_every=10 "${SETS[@]}" > "$OUT/${id}_stdout.log" 2>&1
       rc=$(( rc || $? ))
-      grep -E "^(step:|stopped|prequant|roundtrip|bytes|summary|INVALID|pgolf: error)|Error" "$OUT/${id}_stdout.log" \
+      grep -E "^(step:|stopped|prequant|roundtrip|bytes|summary|INVALID|warning:|pgolf: error)|Error" "$OUT/${id}_stdout.log" \
         | grep -v "^step:" | tail -12
       grep -E "^step:" "$OUT/${id}_stdout.log" | tail -3
       for f in config.json train.log summary.json; do
