@@ -67,6 +67,12 @@ def test_pr1855_proxy_form_scales_the_momentum_warmup():
     assert p.optim.muon_momentum_warmup_steps == 225 and p.data.corpus == "proxy"
 
 
+def test_pr1855_fits_the_budget_only_when_over():
+    """The budget fitter keeps the record's clip steps (alpha 1) unless the artifact is over the limit."""
+    q = get_preset("pr1855").quant
+    assert q.fit_budget and q.fit_alpha_min == 1.0 and q.fit_alpha_max > 1.0
+
+
 def test_pr1855_accepts_the_throughput_overrides():
     import importlib.util
     import sys

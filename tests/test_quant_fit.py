@@ -64,6 +64,17 @@ def test_fit_downward_uses_headroom(model):
     assert limit - res.bytes <= Q.fit_tolerance_bytes or len(res.trials) >= 3
 
 
+def test_fit_with_alpha_min_one_only_acts_when_over(model):
+    """fit_alpha_min=1 (the pr1855 preset): an artifact that fits is the unfitted export, in one trial, headroom
+    unspent; one over the limit gets coarser steps until it fits."""
+    q = dataclasses.replace(Q, fit_alpha_min=1.0)
+    s1, s2 = _size_at(model, 1.0, q), _size_at(model, 2.0, q)
+    res = fit_to_budget(_mq(model, q), s1 + 5 * q.fit_tolerance_bytes, codec=payload_codec(q), meta=META)
+    assert res.alpha == 1.0 and res.bytes == s1 and len(res.trials) == 1
+    res = fit_to_budget(_mq(model, q), (s1 + s2) // 2, codec=payload_codec(q), meta=META)
+    assert 1.0 < res.alpha <= 2.0 and res.bytes <= (s1 + s2) // 2
+
+
 def test_fit_prunes_when_alpha_is_not_enough(model):
     s2 = _size_at(model, 2.0)
     res = fit_to_budget(_mq(model), s2 - 150, codec=payload_codec(Q), meta=META)
