@@ -1,0 +1,89 @@
+"""Segment offsets for the varlen / fa3 / fa4 backends: document ids, masks, cu_seqlens and their padding to one
+length per batch shape, the bound over a stream, and varlen's CPU reference mask."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_attention import BOS, tokens
+from torch import Tensor
+
+from pgolf.model.attn_backends import (
+    _row_segment_mask,
+    cu_seqlens,
+    doc_causal_mask,
+    doc_ids,
+    padded_cu_seqlens,
+    segment_bound,
+)
+
+
+def test_doc_ids_mask_and_cu_seqlens():
+    ids = torch.tensor([[5, 1, 7, 8, 1, 9], [1, 3, 4, 5, 6, 1]])
+    assert doc_ids(ids, BOS).tolist() == [[0, 1, 1, 1, 2, 2], [1, 1, 1, 1, 1, 2]]  # BOS opens its own doc
+    mask = doc_causal_mask(ids, BOS)[0, 0]
+    assert mask[3].tolist() == [False, True, True, True, False, False]
+    assert mask[4].tolist() == [False, False, False, False, True, False]
+    assert cu_seqlens(ids, BOS).tolist() == [0, 1, 4, 6, 11, 12]  # row starts count as segment starts
+
+
+def ids_with_offsets(rows: int, seq_len: int, offsets: int, bos_id: int, device: torch.device | str = "cpu") -> Tensor:
+    """(rows, seq_len) token ids, BOS where needed and a filler id elsewhere, whose doc-isolated cu_seqlens has
+    exactly `offsets` entries (rows + BOS tokens off the row starts + 1)."""
+    slots = rows * (seq_len - 1)  # positions that are not a row start
+    extra = offsets - 1 - rows
+    if not 0 <= extra <= slots:
+        raise ValueError(f"cannot build {offsets} cu_seqlens offsets from {rows} rows of {seq_len} tokens "
+                         f"(between {rows + 1} and {rows + 1 + slots})")
+    ids = torch.full((rows, seq_len), 0 if bos_id != 0 else 1, dtype=torch.int64, device=device)
+    pick = torch.arange(extra, device=device) * slots // max(extra, 1)  # spread over the batch, all distinct
+    ids[pick // (seq_len - 1), pick % (seq_len - 1) + 1] = bos_id
+    return ids
+
+
+def test_padded_cu_seqlens_buckets_and_priming_inputs():
+    ids = torch.tensor([[5, 1, 7, 8, 1, 9], [1, 3, 4, 5, 6, 1]])
+    assert padded_cu_seqlens(ids, BOS, True, bucket=4).tolist() == [0, 1, 4, 6, 11, 12, 12, 12]
+    assert padded_cu_seqlens(ids, BOS, False, bucket=4).tolist() == [0, 6, 12, 12]
+    assert padded_cu_seqlens(ids_with_offsets(2, 6, 9, BOS), BOS, True, bucket=4).numel() == 16  # 4 * 2^k
+    assert padded_cu_seqlens(ids, BOS, True, bucket=4, size=16).numel() == 16  # padded to the length fixed per shape
+    with pytest.warns(RuntimeWarning, match="more than the 4 primed"):
+        assert padded_cu_seqlens(ids, BOS, True, bucket=4, size=4).numel() == 8  # outgrown: the next bucket
+    for n in (3, 5, 8, 13):  # a synthetic batch with exactly n offsets, what the loop primes a bucket with
+        assert cu_seqlens(ids_with_offsets(2, 6, n, BOS), BOS).numel() == n
+    with pytest.raises(ValueError, match="cannot build 14 cu_seqlens offsets from 2 rows of 6 tokens"):
+        ids_with_offsets(2, 6, 14, BOS)
+
+
+def test_segment_bound_fits_every_window_of_the_stream():
+    g = np.random.default_rng(0)
+    stream = np.where(g.random(5000) < 0.05, BOS, 7).astype(np.uint16)
+    stream[2000:2100:2] = BOS  # a dense patch: the worst window holds it
+    rows, L = 4, 32
+    bound = segment_bound(stream, rows=rows, seq_len=L, bos_id=BOS, doc_isolated=True, bucket=8)
+    most = 0
+    for start in range(len(stream) - rows * L):
+        ids = torch.from_numpy(stream[start:start + rows * L].astype(np.int64)).view(rows, L)
+        most = max(most, cu_seqlens(ids, BOS).numel())
+        assert padded_cu_seqlens(ids, BOS, True, bucket=8, size=bound).numel() == bound  # one length, one graph
+    assert bound == -(-most // 8) * 8 and bound >= most  # the tightest multiple of 8
+    hi = segment_bound(stream, rows=rows, seq_len=L, bos_id=BOS, doc_isolated=True, bucket=1)
+    assert most <= hi == 61  # rows + 1 offsets and the most BOS tokens of any window, before rounding
+    assert segment_bound(stream, rows=rows, seq_len=L, bos_id=BOS, doc_isolated=True, bucket=12) == 72  # not 12*2^3
+    assert segment_bound(stream, rows=rows, seq_len=L, bos_id=BOS, doc_isolated=False, bucket=8) == 8
+
+
+def test_varlen_cpu_reference_masks_row_by_row():
+    """The CPU reference of varlen builds one (T, T) mask per row, equal to the BOS-derived document mask, so an
+    evaluation batch of 256 x 2048 costs a GiB, not the TiB of one (B*T)² mask; offsets whose segments span rows
+    are refused."""
+    x = tokens(bos_at=(0, 7, 15))
+    x[1] = tokens(batch=1, seed=5, bos_at=(0, 4))[0]
+    B, T = x.shape
+    cu = padded_cu_seqlens(x, BOS, doc_isolated=True, size=16)
+    mask = _row_segment_mask(cu, B, T)
+    assert mask.shape == (B, 1, T, T)
+    assert torch.equal(mask, doc_causal_mask(x, BOS))
+    with pytest.raises(ValueError, match="every row start"):
+        _row_segment_mask(torch.tensor([0, 3, B * T], dtype=torch.int32), B, T)
