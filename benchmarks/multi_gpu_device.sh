@@ -36,8 +36,8 @@ for job in ${JOBS:-tests run}; do
           --preset "$PRESET" --run-id "$id" --set "data.path=$DATA" "${corpus[@]}" --set "train.wallclock_s=$S" \
           --set train.log_every=10 "${SETS[@]}" > "$OUT/${id}_stdout.log" 2>&1
       rc=$(( rc || $? ))
-      grep -E "^(step:|stopped|prequant|roundtrip|bytes|summary|INVALID|warning:|pgolf: error)|Error" "$OUT/${id}_stdout.log" \
-        | grep -v "^step:" | tail -12
+      grep -E "^(stopped|prequant|roundtrip|bytes|summary|INVALID|warning:|pgolf: error)|Error" "$OUT/${id}_stdout.log" \
+        | tail -12
       grep -E "^step:" "$OUT/${id}_stdout.log" | tail -3
       for f in config.json train.log summary.json; do
         [ -f "runs/$id/$f" ] && cp "runs/$id/$f" "$OUT/${id}_$f"

@@ -54,6 +54,14 @@ def tiny_run_config(data_dir, runs_dir, **train_kw) -> RunConfig:
     )
 
 
+def cuda_step_config(data_dir, runs_dir, **train_kw) -> RunConfig:
+    """`tiny_run_config` on CUDA with what a record's step exercises: document-isolated varlen attention, the
+    docpack loader, EMA 0.99 and a 0.3 gradient clip (GPU tests of one step, CUDA graphs, NCCL ranks)."""
+    cfg = tiny_run_config(data_dir, runs_dir, device="cuda", loader="docpack", ema_decay=0.99, **train_kw)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, attn_backend="varlen", doc_isolated=True),
+                               optim=dataclasses.replace(cfg.optim, grad_clip_norm=0.3))
+
+
 def with_train(cfg: RunConfig, **kw) -> RunConfig:
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **kw))
 

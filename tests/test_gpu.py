@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import tiny_run_config, train_cpu
+from conftest import cuda_step_config, tiny_run_config, train_cpu
 
 from pgolf.config import ModelConfig
 from pgolf.model.gpt import GPT, cast_for_training
@@ -96,9 +96,7 @@ def test_a_training_step_never_waits_for_the_gpu(byte_dataset, tmp_path):
     from pgolf.train.runtime import Runtime
     from pgolf.train.step import TrainStep
 
-    cfg = tiny_run_config(byte_dataset, tmp_path / "runs", device="cuda", loader="docpack", ema_decay=0.99)
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, attn_backend="varlen", doc_isolated=True),
-                              optim=dataclasses.replace(cfg.optim, grad_clip_norm=0.3))
+    cfg = cuda_step_config(byte_dataset, tmp_path / "runs")
     dev = torch.device("cuda")
     model = cast_for_training(GPT(cfg.model), dev)
     model.pad_segments((cfg.train.micro_batch_tokens // cfg.train.seq_len, cfg.train.seq_len), 64)
@@ -126,10 +124,7 @@ def test_cuda_graph_mode_trains_as_the_default_mode(byte_dataset, tmp_path):
 
     curves = {}
     for mode in ("default", "reduce-overhead"):
-        cfg = tiny_run_config(byte_dataset, tmp_path / "runs", device="cuda", compile=True, compile_mode=mode,
-                              warmup_steps=2, loader="docpack", ema_decay=0.99)
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, attn_backend="varlen", doc_isolated=True),
-                                  optim=dataclasses.replace(cfg.optim, grad_clip_norm=0.3))
+        cfg = cuda_step_config(byte_dataset, tmp_path / "runs", compile=True, compile_mode=mode, warmup_steps=2)
         assert cfg.train.grad_accum(1) == 2
         torch._dynamo.reset()
         counters.clear()

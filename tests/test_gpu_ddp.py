@@ -14,10 +14,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from conftest import (
+    cuda_step_config,
     ddp_pipeline_worker,
     ddp_train_worker,
     free_port,
-    tiny_run_config,
     train_cpu,
 )
 
@@ -25,18 +25,11 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")]
 
 
-def _gpu_config(data, runs, **train_kw):
-    """Document-isolated varlen attention, docpack loader, clip and EMA; 512 tokens a step in micro-batches of 128:
-    4 micro-steps on one GPU, 2 per rank on two."""
-    cfg = tiny_run_config(data, runs, device="cuda", batch_tokens=512, loader="docpack", ema_decay=0.99,
-                          warmup_steps=2, **train_kw)
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, attn_backend="varlen", doc_isolated=True),
-                               optim=dataclasses.replace(cfg.optim, grad_clip_norm=0.3))
-
-
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
 def test_two_nccl_ranks_train_as_one_gpu(byte_dataset, tmp_path, mode):
-    cfg = _gpu_config(byte_dataset, tmp_path / "runs", compile=True, compile_mode=mode)
+    # 512 tokens a step in micro-batches of 128: 4 micro-steps on one GPU, 2 per rank on two
+    cfg = cuda_step_config(byte_dataset, tmp_path / "runs", batch_tokens=512, warmup_steps=2, compile=True,
+                           compile_mode=mode)
     assert cfg.train.grad_accum(1) == 4 and cfg.train.grad_accum(2) == 2
     torch._dynamo.reset()
     single = train_cpu(cfg, tmp_path / "one", device="cuda")
@@ -54,7 +47,8 @@ def test_two_nccl_ranks_train_as_one_gpu(byte_dataset, tmp_path, mode):
 
 
 def test_pgolf_train_pipeline_under_two_nccl_ranks(byte_dataset, tmp_path):
-    cfg = _gpu_config(byte_dataset, tmp_path / "runs", compile=True, iterations=8)
+    cfg = cuda_step_config(byte_dataset, tmp_path / "runs", batch_tokens=512, warmup_steps=2, compile=True,
+                           iterations=8)
     cfg = dataclasses.replace(cfg, quant=dataclasses.replace(cfg.quant, keep_float_max_numel=256))
     mp.spawn(ddp_pipeline_worker, args=(2, free_port(), cfg.to_dict(), "two"), nprocs=2, join=True)
     summary = json.loads((tmp_path / "runs" / "two" / "summary.json").read_text())
