@@ -48,6 +48,9 @@ def test_padded_cu_seqlens_buckets_and_priming_inputs():
     assert padded_cu_seqlens(ids, BOS, False, bucket=4).tolist() == [0, 6, 12, 12]
     assert padded_cu_seqlens(ids_with_offsets(2, 6, 9, BOS), BOS, True, bucket=4).numel() == 16  # 4 * 2^k
     assert padded_cu_seqlens(ids, BOS, True, bucket=4, size=16).numel() == 16  # padded to the length fixed per shape
+    # 9 offsets under a primed 12 (a multiple of the bucket, not 4 * 2^k) stay at 12: rounding them to 16 compiled
+    # a graph on the clock (the 44 s step of fa4 + CUDA graphs on 2 H200, 257..384 offsets padded to 512, not 384)
+    assert padded_cu_seqlens(ids_with_offsets(2, 6, 9, BOS), BOS, True, bucket=4, size=12).numel() == 12
     with pytest.warns(RuntimeWarning, match="more than the 4 primed"):
         assert padded_cu_seqlens(ids, BOS, True, bucket=4, size=4).numel() == 8  # outgrown: the next bucket
     for n in (3, 5, 8, 13):  # a synthetic batch with exactly n offsets, what the loop primes a bucket with
@@ -67,6 +70,7 @@ def test_segment_bound_fits_every_window_of_the_stream():
         ids = torch.from_numpy(stream[start:start + rows * L].astype(np.int64)).view(rows, L)
         most = max(most, cu_seqlens(ids, BOS).numel())
         assert padded_cu_seqlens(ids, BOS, True, bucket=8, size=bound).numel() == bound  # one length, one graph
+        assert padded_cu_seqlens(ids, BOS, True, bucket=12, size=72).numel() == 72  # 72 is not 12 * 2^k
     assert bound == -(-most // 8) * 8 and bound >= most  # the tightest multiple of 8
     hi = segment_bound(stream, rows=rows, seq_len=L, bos_id=BOS, doc_isolated=True, bucket=1)
     assert most <= hi == 61  # rows + 1 offsets and the most BOS tokens of any window, before rounding
@@ -87,3 +91,19 @@ def test_varlen_cpu_reference_masks_row_by_row():
     assert torch.equal(mask, doc_causal_mask(x, BOS))
     with pytest.raises(ValueError, match="every row start"):
         _row_segment_mask(torch.tensor([0, 3, B * T], dtype=torch.int32), B, T)
+
+
+def test_train_segment_bound_covers_every_shard(tmp_path):
+    from pgolf.data.shards import read_shard, write_shard
+    from pgolf.train.loop import train_segment_bound
+
+    g = np.random.default_rng(1)
+    sparse = np.where(g.random(4000) < 0.02, BOS, 7).astype(np.uint16)
+    dense = sparse.copy()
+    dense[1000:1200:2] = BOS  # only the second shard holds the densest window
+    files = [write_shard(tmp_path / "fineweb_train_000000.bin", sparse),
+             write_shard(tmp_path / "fineweb_train_000001.bin", dense)]
+    kw = {"rows": 4, "seq_len": 32, "bos_id": BOS, "doc_isolated": True}
+    first, second = (segment_bound(read_shard(f), **kw) for f in files)
+    assert first < second
+    assert train_segment_bound(files, **kw) == second  # the first shard alone would pad the dense window past it

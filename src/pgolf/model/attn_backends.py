@@ -95,11 +95,13 @@ def padded_cu_seqlens(input_ids: Tensor, bos_id: int, doc_isolated: bool, bucket
         cu = cu_seqlens(input_ids, bos_id)
     else:
         cu = torch.arange(0, B * T + 1, T, dtype=torch.int32, device=input_ids.device)
-    if size and cu.numel() > size:
-        warnings.warn(f"a ({B}, {T}) batch has {cu.numel()} cu_seqlens offsets, more than the {size} primed for its "
-                      "shape (segment_bound of the first train shard): it compiles a new graph, on the clock",
-                      RuntimeWarning, stacklevel=2)
-    size = max(bucketed(cu.numel(), bucket or CU_BUCKET), size or 0)
+    if not size or cu.numel() > size:  # the primed length always wins while the offsets fit it (a multiple of
+        if size:                       # CU_BUCKET, not bucket * 2^k: rounding 257..384 up to 512 compiled a graph)
+            warnings.warn(f"a ({B}, {T}) batch has {cu.numel()} cu_seqlens offsets, more than the {size} primed for "
+                          "its shape (segment_bound of the train shards' contiguous windows; train.loader=coprime "
+                          "gathers rows from scattered ones): it compiles a new graph, on the clock",
+                          RuntimeWarning, stacklevel=2)
+        size = bucketed(cu.numel(), bucket or CU_BUCKET)
     return torch.cat((cu, cu.new_full((size - cu.numel(),), B * T)))
 
 
@@ -115,7 +117,8 @@ def segment_bound(tokens: Any, *, rows: int, seq_len: int, bos_id: int, doc_isol
                   bucket: int | None = None) -> int:
     """One padded cu_seqlens length that fits every (rows, seq_len) batch cut from the 1-d token array `tokens`:
     rows + 1 offsets plus the most BOS tokens any window of rows*seq_len tokens holds (a window starts anywhere, so
-    this bounds every loader), rounded up to a multiple of `bucket`, not to `bucket` * 2^k: FA4 sizes its backward's
+    this bounds the stream and docpack loaders, which cut contiguous windows; the coprime loader's rows come from
+    scattered windows and can, rarely, hold more, which warns), rounded up to a multiple of `bucket`, not to `bucket` * 2^k: FA4 sizes its backward's
     accumulators by the offsets' count (48 x 2048 proxy batches need at most 278: 320, not 512). What the loop pads
     to and primes."""
     import numpy as np

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,15 +118,25 @@ def segmented(token_losses, model: GPT):
     return scorer
 
 
+def train_segment_bound(files, *, rows: int, seq_len: int, bos_id: int, doc_isolated: bool) -> int:
+    """segment_bound over every train shard (a thread per shard: numpy releases the GIL), not only the first: a
+    denser window in a later shard would pad to a longer cu_seqlens, a new graph compiled on the clock."""
+    def one(path) -> int:
+        return segment_bound(read_shard(path), rows=rows, seq_len=seq_len, bos_id=bos_id, doc_isolated=doc_isolated)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(files), os.cpu_count() or 1))) as pool:
+        return max(pool.map(one, files))
+
+
 def fix_segment_sizes(model: GPT, data: Dataset, tc, eval_shapes: list[tuple[int, int]]) -> dict:
     """Pad every batch shape's cu_seqlens to one length (attn_backends.segment_bound): for training, the bound over
-    the first train shard; for evaluation, per eval shape, over the validation stream. Sets it on the model
+    all train shards; for evaluation, per eval shape, over the validation stream. Sets it on the model
     (GPT.pad_segments) and returns {(B, T): length} to prime; empty for the backends without segments."""
     if not model.uses_segments:
         return {}
     kw = dict(bos_id=model.cfg.bos_id, doc_isolated=model.cfg.doc_isolated)
     rows = tc.micro_batch_tokens // tc.seq_len
-    sizes = {(rows, tc.seq_len): segment_bound(read_shard(data.train_files[0]), rows=rows, seq_len=tc.seq_len, **kw)}
+    sizes = {(rows, tc.seq_len): train_segment_bound(data.train_files, rows=rows, seq_len=tc.seq_len, **kw)}
     for b, L in eval_shapes:
         sizes.setdefault((b, L), segment_bound(data.val_tokens, rows=b, seq_len=L, **kw))
     for shape, size in sizes.items():
