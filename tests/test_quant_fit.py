@@ -110,3 +110,33 @@ def test_fit_with_pergroup_and_packing(model):
     res = fit_to_budget(_mq(model, q), s1 - 300, codec=payload_codec(q), meta=META)
     assert res.bytes <= s1 - 300
     assert res.bytes == artifact_size(res.qs, "pergroup", META)
+
+
+class _LinearSizes:
+    """A stand-in MixedQuantizer whose artifact shrinks by `per_unit` bytes per doubling of alpha; its `fit_numel`
+    makes the fitter's first guess (fit_numel / 8 bytes per doubling) four times too timid."""
+
+    def __init__(self, q: QuantConfig, size0: int, per_unit: int):
+        self.q, self.size0, self.per_unit = q, size0, per_unit
+        self.fit_numel, self.plans = 8 * 4 * per_unit, {}
+
+    def build(self, alpha: float) -> float:
+        return alpha
+
+    def finalize(self, alpha: float) -> float:
+        return alpha
+
+    def size(self, alpha: float) -> int:
+        import math
+        return int(self.size0 - self.per_unit * math.log2(alpha))
+
+
+def test_fit_steps_along_the_secant_when_the_first_guess_falls_short():
+    """Over the limit and the slope guess too timid: the third trial follows the two measured sizes, not a jump
+    to fit_alpha_max (alpha 4 and two more trials in a 2-GPU run, ~30 s each)."""
+    q = dataclasses.replace(Q, fit_alpha_min=1.0, fit_alpha_max=4.0, fit_tolerance_bytes=1_000)
+    mq = _LinearSizes(q, 1_000_000, 100_000)
+    res = fit_to_budget(mq, 950_000, codec="zlib", meta=META, measure=mq.size)
+    assert [t["fits"] for t in res.trials] == [False, False, True] and all(t["seconds"] >= 0 for t in res.trials)
+    assert all(t["alpha"] < 4.0 for t in res.trials)
+    assert 950_000 - 1_000 <= res.bytes <= 950_000

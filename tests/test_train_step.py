@@ -78,3 +78,19 @@ def test_graph_mode_needs_the_compiler(byte_dataset, tmp_path):
     with pytest.raises(ValueError, match="train.compile_mode='reduce_overhead'"):
         from pgolf.train.schedule import check_train_techniques
         check_train_techniques(tiny_run_config(byte_dataset, tmp_path, compile_mode="reduce_overhead").train)
+
+
+def test_process_group_waits_longer_than_nccls_ten_minutes(monkeypatch):
+    """Rank 0 exports alone while the other ranks wait at a barrier: the group's timeout outlasts a long export."""
+    import datetime
+
+    from pgolf.train import runtime
+
+    seen = {}
+    monkeypatch.setattr(runtime.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(runtime.dist, "init_process_group", lambda **kw: seen.update(kw))
+    for k, v in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(k, v)
+    rt = runtime.init_runtime("cpu")
+    assert rt.distributed and rt.rank == 1 and seen["backend"] == "gloo"
+    assert seen["timeout"] == runtime.PROCESS_GROUP_TIMEOUT >= datetime.timedelta(minutes=30)

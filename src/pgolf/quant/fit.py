@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -133,10 +134,14 @@ def fit_to_budget(mq: Any, limit: int, *, codec: str, meta: dict[str, Any], log:
     size_of = measure or (lambda s: artifact_size(s, codec, meta))
     trials: list[dict[str, Any]] = []
     best: dict[str, Any] = {}
+    clock = [time.perf_counter()]
 
     def record(qs: QuantizedState, size: int, alpha: float, pruned: int) -> int:
-        trials.append({"alpha": alpha, "pruned": pruned, "bytes": size, "fits": size <= limit})
-        say(f"quant:fit alpha:{alpha:.4f} pruned:{pruned} bytes:{size} limit:{limit} fits:{size <= limit}")
+        now = time.perf_counter()
+        seconds, clock[0] = now - clock[0], now
+        trials.append({"alpha": alpha, "pruned": pruned, "bytes": size, "fits": size <= limit, "seconds": seconds})
+        say(f"quant:fit alpha:{alpha:.4f} pruned:{pruned} bytes:{size} limit:{limit} fits:{size <= limit} "
+            f"time:{seconds:.1f}s")
         if size <= limit and (not best or (pruned, alpha) < (best["pruned"], best["alpha"])):
             best.update(qs=qs, size=size, alpha=alpha, pruned=pruned)
         return size
@@ -162,14 +167,19 @@ def fit_to_budget(mq: Any, limit: int, *, codec: str, meta: dict[str, Any], log:
                 if sm > limit:
                     _bracket(ev_alpha, x_min, sm, xg, sg, limit, tol, iters - 3, False)
     else:
+        x_fail, s_fail, spent = 0.0, s1, 2
         xg = min(x_max, (s1 - target) / slope)
         sg = ev_alpha(xg) if xg > 0 else s1
+        if sg > limit and 0 < xg < x_max and sg < s1:  # the guess fell short: step on along the secant of the two
+            x_fail, s_fail, spent = xg, sg, 3          # measured sizes before trying x_max (each trial compresses
+            xg = min(x_max, xg + (sg - target) * xg / (s1 - sg))  # the whole artifact, ~30 s at #1855's size)
+            sg = ev_alpha(xg)
         if sg <= limit:
-            _bracket(ev_alpha, 0.0, s1, xg, sg, limit, tol, iters - 2, False)
+            _bracket(ev_alpha, x_fail, s_fail, xg, sg, limit, tol, iters - spent, False)
         elif xg < x_max:
             sm = ev_alpha(x_max)
             if sm <= limit:
-                _bracket(ev_alpha, xg, sg, x_max, sm, limit, tol, iters - 3, False)
+                _bracket(ev_alpha, xg, sg, x_max, sm, limit, tol, iters - spent - 1, False)
     if not best:
         _prune_fit(mq, limit, 2.0 ** x_max, size_of, record, tol, iters)
     if not best:

@@ -11,10 +11,15 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+# Collectives wait this long before the watchdog aborts: rank 0 exports alone (GPTQ, the budget fitter's trials at
+# ~30 s each, brotli) while the others wait at a barrier, which NCCL's default of 10 minutes could cut short.
+PROCESS_GROUP_TIMEOUT = timedelta(minutes=30)
 
 
 @dataclass(frozen=True)
@@ -60,9 +65,9 @@ def init_runtime(device: str = "auto") -> Runtime:
         dev = torch.device("cpu")
     if distributed and not dist.is_initialized():
         if use_cuda:
-            dist.init_process_group(backend="nccl", device_id=dev)
+            dist.init_process_group(backend="nccl", device_id=dev, timeout=PROCESS_GROUP_TIMEOUT)
         else:
-            dist.init_process_group(backend="gloo")
+            dist.init_process_group(backend="gloo", timeout=PROCESS_GROUP_TIMEOUT)
     return Runtime(rank=rank, local_rank=local_rank, world_size=world, device=dev, distributed=distributed)
 
 
