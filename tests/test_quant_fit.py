@@ -53,6 +53,26 @@ def test_fit_upward_lands_under_limit(model, tmp_path, where):
     assert torch.isfinite(dequantize_state_dict(qs)["tok_emb.weight"]).all()
 
 
+def test_export_writes_the_fitted_trials_file_without_compressing_again(model, tmp_path, monkeypatch):
+    """export_model(out_path=) with the fitter: the artifact is the chosen trial's file, byte for byte what a fresh
+    write of its state gives, and the payload is compressed once per trial, not once more for the final file."""
+    from pgolf.export import artifact
+
+    s1, s2 = _size_at(model, 1.0), _size_at(model, 2.0)
+    calls = []
+    real = artifact.compress
+    monkeypatch.setattr(artifact, "compress", lambda *a, **k: calls.append(1) or real(*a, **k))
+    log = []
+    qs = export_model(model, Q, byte_limit=(s1 + s2) // 2, meta=META, out_path=tmp_path / "a.pgz", log=log.append)
+    trials = sum(m.startswith("quant:fit alpha:") for m in log)
+    assert trials >= 2 and len(calls) == trials
+    monkeypatch.setattr(artifact, "compress", real)
+    fresh = write_artifact(tmp_path / "b.pgz", qs, codec=payload_codec(Q), meta=META)
+    assert (tmp_path / "a.pgz").read_bytes() == (tmp_path / "b.pgz").read_bytes() and fresh.file_bytes <= (s1 + s2) // 2
+    with pytest.raises(ValueError, match="needs meta"):
+        export_model(model, Q, out_path=tmp_path / "c.pgz")
+
+
 def test_fit_downward_uses_headroom(model):
     s_half, s1 = _size_at(model, 0.5), _size_at(model, 1.0)
     limit = int(s1 + 0.5 * (s_half - s1))

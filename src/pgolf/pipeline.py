@@ -20,7 +20,7 @@ from pgolf.config import ModelConfig, RunConfig, from_dict
 from pgolf.data.dataset import Dataset
 from pgolf.eval.bpb import ByteLUT
 from pgolf.eval.flat import evaluate_flat
-from pgolf.export.artifact import read_artifact, read_manifest, write_artifact
+from pgolf.export.artifact import read_artifact, read_manifest
 from pgolf.export.budget import ByteBudget
 from pgolf.export.code import shipped_code_bytes
 from pgolf.fileio import atomic_write_bytes, atomic_write_json
@@ -28,7 +28,6 @@ from pgolf.model.gpt import GPT, cast_for_training
 from pgolf.quant.calib import training_batches
 from pgolf.quant.export import export_model
 from pgolf.quant.int8 import dequantize_state_dict
-from pgolf.quant.options import payload_codec
 from pgolf.report.flops import peak_flops, summary_flops
 from pgolf.report.runlog import RunLog, versions
 from pgolf.train.loop import TrainResult, train_model
@@ -90,9 +89,8 @@ def _run(cfg: RunConfig, rt: Runtime, *, run_id: str | None, resume_dir: str | N
         meta = {"preset": cfg.name, "seq_len": cfg.eval.seq_len or cfg.train.seq_len,
                 **{k: v for k, v in cfg.to_dict().items() if k in ("model", "quant", "data")}}
         # quant.scheme=int8_rowwise is the baseline's quantize_state_dict, unchanged (pgolf.quant.export)
-        qs = export_model(result.model, cfg.quant, calib=training_batches(cfg, data, rt.device),
-                          byte_limit=cfg.budget_bytes - code, meta=meta, log=log)
-        write_artifact(artifact_path, qs, codec=payload_codec(cfg.quant), meta=meta)
+        export_model(result.model, cfg.quant, calib=training_batches(cfg, data, rt.device),
+                     byte_limit=cfg.budget_bytes - code, meta=meta, log=log, out_path=artifact_path)
     rt.barrier()
     budget = ByteBudget(code_bytes=code, model_bytes=artifact_path.stat().st_size, limit=cfg.budget_bytes)
     t0 = time.perf_counter()

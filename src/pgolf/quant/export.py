@@ -16,11 +16,14 @@ given codec and meta, lands just under `byte_limit` (`pgolf.quant.fit`).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
+from pgolf.export.artifact import write_artifact
+from pgolf.fileio import atomic_write_bytes
 from pgolf.quant import awq
 from pgolf.quant.calib import CalibStats, collect_hessians
 from pgolf.quant.gptq import gptq_quantize, hessian_error
@@ -154,16 +157,32 @@ def _resolve_stats(model: nn.Module, q: Any, calib: Any) -> CalibStats | None:
 
 def export_model(model: nn.Module, q: Any, *, calib: Any = None, byte_limit: int | None = None,
                  meta: dict[str, Any] | None = None, log: Callable[[str], None] | None = None,
-                 policy_rows: Any = None) -> QuantizedState:
+                 policy_rows: Any = None, out_path: str | Path | None = None) -> QuantizedState:
     """Quantize `model` per `q` (a `QuantConfig`). `calib`: a `CalibStats`, or an iterable / callable of
     training token batches (used only when GPTQ, AWQ-lite or LQER whitening is on).
-    `byte_limit` and `meta` are required with ``q.fit_budget`` (model bytes allowed, artifact meta)."""
+    `byte_limit` and `meta` are required with ``q.fit_budget`` (model bytes allowed, artifact meta).
+    `out_path`: also write the artifact there (needs `meta`); with the fitter, its chosen trial's file, so the
+    payload is not compressed once more (a trial took 47 s at #1855's size on an H100)."""
+    if out_path is not None and meta is None:
+        raise ValueError("export_model(out_path=...) needs meta= for the artifact's manifest")
+    qs, blob = _export(model, q, calib=calib, byte_limit=byte_limit, meta=meta, log=log, policy_rows=policy_rows)
+    if out_path is not None:
+        if blob is not None:
+            atomic_write_bytes(out_path, blob)
+        else:
+            write_artifact(out_path, qs, codec=payload_codec(q), meta=meta)
+    return qs
+
+
+def _export(model: nn.Module, q: Any, *, calib: Any, byte_limit: int | None, meta: dict[str, Any] | None,
+            log: Callable[[str], None] | None, policy_rows: Any) -> tuple[QuantizedState, bytes | None]:
+    """(quantized state, the fitter's artifact file or None)."""
     state = {k: v.detach() for k, v in model.state_dict().items()}
     if q.scheme == "int8_rowwise":
         from pgolf.model.gpt import control_param
         from pgolf.quant.int8 import quantize_state_dict
 
-        return quantize_state_dict(model.state_dict(), q, keep_fp32=lambda n: control_param(n, state[n]))
+        return quantize_state_dict(model.state_dict(), q, keep_fp32=lambda n: control_param(n, state[n])), None
     if q.scheme != SCHEME:
         raise ValueError(f"quant.scheme={q.scheme!r} is not handled by pgolf.quant.export")
     say = log or (lambda msg: None)
@@ -175,10 +194,10 @@ def export_model(model: nn.Module, q: Any, *, calib: Any = None, byte_limit: int
     if mq.awq_groups:
         say(f"quant:awq_lite groups:{mq.awq_groups}")
     if not q.fit_budget:
-        return mq.finalize(mq.build(1.0))
+        return mq.finalize(mq.build(1.0)), None
     if byte_limit is None or meta is None:
         raise ValueError("quant.fit_budget=true needs export_model(..., byte_limit=, meta=)")
     from pgolf.quant.fit import fit_to_budget
 
     res = fit_to_budget(mq, int(byte_limit), codec=payload_codec(q), meta=meta, log=say)
-    return res.qs
+    return res.qs, res.artifact

@@ -42,14 +42,22 @@ class FitResult:
     bytes: int
     limit: int
     trials: list[dict[str, Any]] = field(default_factory=list)
+    artifact: bytes | None = None  # the chosen trial's artifact file as written (None with a custom `measure`)
+
+
+def artifact_bytes(qs: QuantizedState, codec: str, meta: dict[str, Any]) -> bytes:
+    """The artifact file that `write_artifact(qs, codec, meta)` produces."""
+    from pgolf.export.artifact import write_artifact
+
+    with tempfile.TemporaryDirectory(prefix="pgolf-fit-") as d:
+        path = Path(d) / "fit.pgz"
+        write_artifact(path, qs, codec=codec, meta=meta)
+        return path.read_bytes()
 
 
 def artifact_size(qs: QuantizedState, codec: str, meta: dict[str, Any]) -> int:
     """Bytes of the artifact file that `write_artifact(qs, codec, meta)` produces."""
-    from pgolf.export.artifact import write_artifact
-
-    with tempfile.TemporaryDirectory(prefix="pgolf-fit-") as d:
-        return write_artifact(Path(d) / "fit.pgz", qs, codec=codec, meta=meta).file_bytes
+    return len(artifact_bytes(qs, codec, meta))
 
 
 def prune_order(qs: QuantizedState, names: list[str]) -> torch.Tensor:
@@ -131,7 +139,13 @@ def fit_to_budget(mq: Any, limit: int, *, codec: str, meta: dict[str, Any], log:
     """Fit a `MixedQuantizer` (`build(alpha)`, `finalize(qs)`, `fit_numel`, `q`, `plans`) under `limit` bytes."""
     q = mq.q
     say = log or (lambda msg: None)
-    size_of = measure or (lambda s: artifact_size(s, codec, meta))
+    written: dict[str, bytes] = {}  # the last trial's file: the chosen one is kept, not compressed again
+
+    def write_and_measure(qs: QuantizedState) -> int:
+        written["last"] = artifact_bytes(qs, codec, meta)
+        return len(written["last"])
+
+    size_of = measure or write_and_measure
     trials: list[dict[str, Any]] = []
     best: dict[str, Any] = {}
     clock = [time.perf_counter()]
@@ -139,11 +153,12 @@ def fit_to_budget(mq: Any, limit: int, *, codec: str, meta: dict[str, Any], log:
     def record(qs: QuantizedState, size: int, alpha: float, pruned: int) -> int:
         now = time.perf_counter()
         seconds, clock[0] = now - clock[0], now
+        blob = written.pop("last", None)
         trials.append({"alpha": alpha, "pruned": pruned, "bytes": size, "fits": size <= limit, "seconds": seconds})
         say(f"quant:fit alpha:{alpha:.4f} pruned:{pruned} bytes:{size} limit:{limit} fits:{size <= limit} "
             f"time:{seconds:.1f}s")
         if size <= limit and (not best or (pruned, alpha) < (best["pruned"], best["alpha"])):
-            best.update(qs=qs, size=size, alpha=alpha, pruned=pruned)
+            best.update(qs=qs, size=size, alpha=alpha, pruned=pruned, artifact=blob)
         return size
 
     def ev_alpha(x: float) -> int:
@@ -189,7 +204,7 @@ def fit_to_budget(mq: Any, limit: int, *, codec: str, meta: dict[str, Any], log:
     say(f"quant:fit chose alpha:{best['alpha']:.4f} pruned:{best['pruned']} bytes:{best['size']} "
         f"headroom:{limit - best['size']} trials:{len(trials)}")
     return FitResult(qs=best["qs"], alpha=best["alpha"], pruned=best["pruned"], bytes=best["size"], limit=limit,
-                     trials=trials)
+                     trials=trials, artifact=best["artifact"])
 
 
 def _prune_fit(mq: Any, limit: int, alpha: float, size_of, record, tol: int, iters: int) -> None:
