@@ -118,9 +118,9 @@ def segment_bound(tokens: Any, *, rows: int, seq_len: int, bos_id: int, doc_isol
     """One padded cu_seqlens length that fits every (rows, seq_len) batch cut from the 1-d token array `tokens`:
     rows + 1 offsets plus the most BOS tokens any window of rows*seq_len tokens holds (a window starts anywhere, so
     this bounds the stream and docpack loaders, which cut contiguous windows; the coprime loader's rows come from
-    scattered windows and can, rarely, hold more, which warns), rounded up to a multiple of `bucket`, not to `bucket` * 2^k: FA4 sizes its backward's
-    accumulators by the offsets' count (48 x 2048 proxy batches need at most 278: 320, not 512). What the loop pads
-    to and primes."""
+    scattered windows and can, rarely, hold more, which warns), rounded up to a multiple of `bucket`, not to
+    `bucket` * 2^k: FA4 sizes its backward's accumulators by the offsets' count (48 x 2048 proxy batches need at
+    most 278: 320, not 512). What the loop pads to and primes."""
     import numpy as np
 
     hi = rows + 1
