@@ -138,7 +138,8 @@ def run_pgolf(args, workdir: Path, run_id: str) -> dict[str, Any]:
     res.update(trace=trace, cfg=cfg, summary_found=bool(summary), model_params=log.get("model_params"),
                peak_mem_mib=int(peak) // 2**20 if peak else log.get("peak_mem_mib"),
                peak_reserved_mib=int(reserved) // 2**20 if reserved else log.get("peak_reserved_mib"),
-               device=summary.get("device"), summary_mfu=summary.get("mfu"))
+               device=summary.get("device"), summary_mfu=summary.get("mfu"),
+               clock_warnings=log.get("clock_warnings", []))
     return res
 
 
@@ -203,6 +204,10 @@ def compare(result: dict[str, Any]) -> dict[str, Any]:
         result["ratio_pgolf_over_record"] = ratios(pg["phases"], rec["phases"])
         if result.get("profiled_steps"):  # profiler overhead in both: a diagnosis run, not a measurement
             result["meets_targets"] = None
+            return result
+        if pg.get("clock_warnings"):  # a compile or stall inside pgolf's clock: its rate is not a measurement
+            result["meets_targets"] = None
+            result["not_judged"] = f"{len(pg['clock_warnings'])} clock warning(s) in pgolf's train.log"
             return result
         r, m = result["ratio_pgolf_over_record"]["overall"], (pg.get("mfu") or {}).get("overall")
         result["meets_targets"] = {"tokens_per_s_ratio": r is not None and r >= TARGETS["tokens_per_s_ratio"],
@@ -331,9 +336,13 @@ def print_table(result: dict[str, Any]) -> None:
             print(f"{name:8s} wall {run.get('wall_s')}s marks {run.get('marks')} rc {run.get('rc')} "
                   f"stopped {run.get('stopped')} peak {run.get('peak_mem_mib')} MiB "
                   f"(reserved {run.get('peak_reserved_mib')} MiB)")
+            for line in run.get("clock_warnings") or []:
+                print(f"{name:8s} {line}")
     if "ratio_pgolf_over_record" in result:
         print("pgolf/record tok/s:", {k: None if v is None else round(v, 3)
                                       for k, v in result["ratio_pgolf_over_record"].items()})
+    if result.get("not_judged"):
+        print("targets not judged:", result["not_judged"])
     profiles = {k: (result.get(k) or {}).get("profile") for k in ("record", "pgolf")}
     if any(profiles.values()):
         kinds = sorted({kind for p in profiles.values() if p for kind in p["kinds"]})

@@ -127,6 +127,28 @@ def test_parse_pgolf_log():
     assert (cut["steps"], cut["train_time_s"], cut["stopped_by"]) == (400, 22.8, None)
 
 
+def test_clock_warnings_are_read_and_stop_the_targets_being_judged(monkeypatch):
+    """The watch's lines (train/watch.py, as the loop logs them) reach the benchmark's pgolf block; a run that
+    compiled or stalled inside its clock gets no verdict on the targets."""
+    from pgolf.train import watch as watch_mod
+
+    monkeypatch.setattr(watch_mod, "compiled_graphs", lambda: 0)
+    w = watch_mod.ClockWatch(base=0)
+    lines = w.check(1, 1, 1.0) + w.check(2, 1, 1.0)
+    monkeypatch.setattr(watch_mod, "compiled_graphs", lambda: 2)
+    lines += w.check(3, 1, 9.0)
+    assert len(lines) == 2
+    text = PGOLF_LOG.replace("stopped:", "\n".join(lines) + "\nstopped:")
+    assert TP.parse_pgolf_log(text)["clock_warnings"] == lines and TP.parse_pgolf_log(PGOLF_LOG)["clock_warnings"] == []
+    phases = {"overall": {"tokens_per_s": 2.0}, "flat": {"tokens_per_s": 2.0}, "looped": None}
+    rec_phases = {"overall": {"tokens_per_s": 1.0}, "flat": {"tokens_per_s": 1.0}, "looped": None}
+    clean = tp.compare({"record": {"phases": rec_phases}, "pgolf": {"phases": phases, "mfu": {"overall": 0.5}}})
+    assert clean["meets_targets"] == {"tokens_per_s_ratio": True, "mfu": True}
+    dirty = tp.compare({"record": {"phases": rec_phases},
+                        "pgolf": {"phases": phases, "mfu": {"overall": 0.5}, "clock_warnings": lines}})
+    assert dirty["meets_targets"] is None and dirty["not_judged"].startswith("2 clock warning(s)")
+
+
 def test_load_pgolf_run_prefers_the_summary_curve(tmp_path):
     from pgolf.fileio import atomic_write_json
     from pgolf.presets import get_preset

@@ -23,6 +23,7 @@ from pgolf.report.flops import PhaseFlops, flat_steps, run_flops_per_token
 PGOLF_STEP = re.compile(r"^step:(\d+)/\d+ loss:\S+ lr_mul:\S+ train_time:([\d.]+)s tok/s:", re.M)
 PGOLF_STOP = re.compile(r"^stopped:(\w+) step:(\d+) train_time:([\d.]+)s epochs:\S+(?: peak_mem_mib:(\d+))?"
                         r"(?: peak_reserved_mib:(\d+))?", re.M)
+PGOLF_CLOCK_WARNING = re.compile(r"^warning: .*inside the clock.*$", re.MULTILINE)  # train/watch.py: a compile or stall
 PGOLF_SHAPE = re.compile(r"^model_params:(\d+) world_size:(\d+) grad_accum:(\d+) micro_batch_tokens:(\d+) "
                          r"batch_tokens:(\d+)", re.M)
 
@@ -40,7 +41,8 @@ class Trace:
 
 
 def parse_pgolf_log(text: str) -> dict[str, Any]:
-    """Step points (0.1 s resolution), the stop line (with peak memory) and the batch from a pgolf ``train.log``."""
+    """Step points (0.1 s resolution), the stop line (with peak memory), the batch and the clock watch's warnings
+    (graphs compiled or steps stalled inside the clock) from a pgolf ``train.log``."""
     shape, stop = PGOLF_SHAPE.search(text), PGOLF_STOP.search(text)
     points = [(int(s), float(t)) for s, t in PGOLF_STEP.findall(text)]
     return {"points": points, "batch_tokens": int(shape.group(5)) if shape else None,
@@ -49,7 +51,8 @@ def parse_pgolf_log(text: str) -> dict[str, Any]:
             "train_time_s": float(stop.group(3)) if stop else (points[-1][1] if points else 0.0),
             "stopped_by": stop.group(1) if stop else None,
             "peak_mem_mib": int(stop.group(4)) if (stop and stop.group(4)) else None,
-            "peak_reserved_mib": int(stop.group(5)) if (stop and stop.group(5)) else None}
+            "peak_reserved_mib": int(stop.group(5)) if (stop and stop.group(5)) else None,
+            "clock_warnings": PGOLF_CLOCK_WARNING.findall(text)}
 
 
 def load_pgolf_run(run_dir: Path) -> tuple[Trace, dict[str, Any], dict[str, Any], Any]:
