@@ -38,7 +38,7 @@ from pgolf.presets import get_preset
 from pgolf.quant.calib import collect_hessians, training_batches
 from pgolf.quant.export import MixedQuantizer, needs_calibration
 from pgolf.quant.options import payload_codec
-from pgolf.quant.pergroup import _encode, _stream, group_segments, spec_codecs
+from pgolf.quant.pergroup import encode_jobs, job_workers, run_job
 from pgolf.quant.plan import plan_tensors
 
 
@@ -52,17 +52,15 @@ def timed(fn):
 
 def codec_jobs(raw: bytes, entries: list, spec: str) -> dict:
     """Each per-group job's seconds and bytes, run in the same thread pool as `compress_pergroup`."""
-    groups = group_segments(entries)
-    streams = {role: _stream(raw, segs) for role, segs in groups.items()}
-    jobs = [(r, c, sh) for r in groups for c in spec_codecs(spec) for sh in ((0, 2) if r == "rest" else (0,))]
+    _, streams, jobs = encode_jobs(raw, entries, spec)
 
     def run(job):
         t = time.perf_counter()
-        n = len(_encode(streams[job[0]], job[1], job[2]))
+        n = len(run_job(streams, job))
         return {"group": job[0], "codec": job[1], "shuffle": job[2], "raw_bytes": len(streams[job[0]]),
                 "bytes": n, "seconds": round(time.perf_counter() - t, 3)}
 
-    workers = max(1, min(len(jobs), os.cpu_count() or 1))
+    workers = job_workers(jobs)
     t = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers) as pool:
         rows = list(pool.map(run, jobs))
@@ -90,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.run is not None:
         model.load_state_dict(torch.load(args.run / "model_fp32.pt", map_location="cpu", weights_only=True))
     model = cast_for_training(model, dev).eval()
-    q, res = cfg.quant, {"preset": cfg.name, "device": str(dev), "cpus": os.cpu_count(), "quant": cfg.to_dict()["quant"]}
+    q = cfg.quant
+    res = {"preset": cfg.name, "device": str(dev), "cpus": os.cpu_count(), "quant": cfg.to_dict()["quant"]}
     stats = None
     if needs_calibration(q):
         data = Dataset.open(cfg.data, cfg.model.vocab_size)

@@ -104,8 +104,9 @@ def _encode(data: bytes, codec: str, shuffle: int) -> bytes:
     return compress(byte_shuffle(data, shuffle) if shuffle else data, codec)
 
 
-def compress_pergroup(raw: bytes, layout: list[dict[str, Any]] | None, spec: str = "pergroup") -> bytes:
-    """The container for `raw` given the artifact's tensor entries (`pgolf.export.artifact.pack_state`)."""
+def encode_jobs(raw: bytes, layout: list[dict[str, Any]] | None, spec: str = "pergroup"
+                ) -> tuple[dict[str, list[list[int]]], dict[str, bytes], list[tuple[str, str, int]]]:
+    """(segments per group, each group's byte stream, the (group, codec, shuffle) jobs to try), in a fixed order."""
     if layout is None:
         raise ValueError("codec 'pergroup' needs the payload layout (the artifact's tensor entries)")
     codecs = spec_codecs(spec)
@@ -115,9 +116,24 @@ def compress_pergroup(raw: bytes, layout: list[dict[str, Any]] | None, spec: str
         raise ValueError(f"per-group layout covers {covered} bytes but the raw payload has {len(raw)}")
     streams = {role: _stream(raw, segs) for role, segs in groups.items()}
     jobs = [(role, c, sh) for role in groups for c in codecs for sh in ((0, 2) if role == "rest" else (0,))]
-    workers = max(1, min(len(jobs), os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        blobs = list(pool.map(lambda j: _encode(streams[j[0]], j[1], j[2]), jobs))
+    return groups, streams, jobs
+
+
+def run_job(streams: dict[str, bytes], job: tuple[str, str, int]) -> bytes:
+    """One job's compressed stream."""
+    role, codec, shuffle = job
+    return _encode(streams[role], codec, shuffle)
+
+
+def job_workers(jobs: list) -> int:
+    return max(1, min(len(jobs), os.cpu_count() or 1))
+
+
+def compress_pergroup(raw: bytes, layout: list[dict[str, Any]] | None, spec: str = "pergroup") -> bytes:
+    """The container for `raw` given the artifact's tensor entries (`pgolf.export.artifact.pack_state`)."""
+    groups, streams, jobs = encode_jobs(raw, layout, spec)
+    with ThreadPoolExecutor(max_workers=job_workers(jobs)) as pool:
+        blobs = list(pool.map(lambda j: run_job(streams, j), jobs))
     best: dict[str, tuple[int, str, int, bytes]] = {}
     for (role, c, sh), blob in zip(jobs, blobs):  # jobs are in a fixed order: ties keep the first
         if role not in best or len(blob) < best[role][0]:
