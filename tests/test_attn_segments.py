@@ -107,3 +107,36 @@ def test_train_segment_bound_covers_every_shard(tmp_path):
     first, second = (segment_bound(read_shard(f), **kw) for f in files)
     assert first < second
     assert train_segment_bound(files, **kw) == second  # the first shard alone would pad the dense window past it
+
+
+def test_each_rank_scans_its_share_of_the_shards_and_the_ranks_take_the_max(tmp_path):
+    from types import SimpleNamespace
+
+    from pgolf.config import ModelConfig
+    from pgolf.data.shards import write_shard
+    from pgolf.model.gpt import GPT
+    from pgolf.train.loop import fix_segment_sizes
+
+    g = np.random.default_rng(2)
+    sparse = np.where(g.random(4000) < 0.02, BOS, 7).astype(np.uint16)
+    dense = sparse.copy()
+    dense[1000:1200:2] = BOS
+    files = [write_shard(tmp_path / f"fineweb_train_00000{i}.bin", t) for i, t in enumerate((sparse, dense))]
+    kw = {"rows": 4, "seq_len": 32, "bos_id": BOS, "doc_isolated": True}
+    first, second = (segment_bound(t, **kw) for t in (sparse, dense))
+    seen = []
+
+    class TwoRanks:  # rank 0 of 2; the other rank, which scanned the dense shard, reports its bound
+        rank, world_size = 0, 2
+
+        def max_int(self, value: int) -> int:
+            seen.append(value)
+            return max(value, second)
+
+    model = GPT(ModelConfig(vocab_size=16, num_layers=1, model_dim=16, num_heads=2, num_kv_heads=1,
+                            attn_backend="varlen", doc_isolated=True, bos_id=BOS))
+    data = SimpleNamespace(train_files=files, val_tokens=sparse)
+    tc = SimpleNamespace(micro_batch_tokens=4 * 32, seq_len=32)
+    assert fix_segment_sizes(model, data, tc, [], TwoRanks()) == {(4, 32): second}
+    assert seen == [first]  # rank 0 scanned only the first shard
+    assert fix_segment_sizes(model, data, tc, []) == {(4, 32): second}  # one process scans both

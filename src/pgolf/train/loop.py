@@ -128,15 +128,19 @@ def train_segment_bound(files, *, rows: int, seq_len: int, bos_id: int, doc_isol
         return max(pool.map(one, files))
 
 
-def fix_segment_sizes(model: GPT, data: Dataset, tc, eval_shapes: list[tuple[int, int]]) -> dict:
+def fix_segment_sizes(model: GPT, data: Dataset, tc, eval_shapes: list[tuple[int, int]],
+                      rt: Runtime | None = None) -> dict:
     """Pad every batch shape's cu_seqlens to one length (attn_backends.segment_bound): for training, the bound over
-    all train shards; for evaluation, per eval shape, over the validation stream. Sets it on the model
-    (GPT.pad_segments) and returns {(B, T): length} to prime; empty for the backends without segments."""
+    all train shards (with `rt`, each rank scans its share and the ranks take the max); for evaluation, per eval
+    shape, over the validation stream. Sets it on the model (GPT.pad_segments) and returns {(B, T): length} to
+    prime; empty for the backends without segments."""
     if not model.uses_segments:
         return {}
     kw = dict(bos_id=model.cfg.bos_id, doc_isolated=model.cfg.doc_isolated)
     rows = tc.micro_batch_tokens // tc.seq_len
-    sizes = {(rows, tc.seq_len): train_segment_bound(data.train_files, rows=rows, seq_len=tc.seq_len, **kw)}
+    files = data.train_files[rt.rank::rt.world_size] if rt is not None else data.train_files
+    bound = train_segment_bound(files, rows=rows, seq_len=tc.seq_len, **kw) if files else 0
+    sizes = {(rows, tc.seq_len): rt.max_int(bound) if rt is not None else bound}
     for b, L in eval_shapes:
         sizes.setdefault((b, L), segment_bound(data.val_tokens, rows=b, seq_len=L, **kw))
     for shape, size in sizes.items():
@@ -186,7 +190,7 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
         # Prime every graph the run will use: one pass per progress milestone (e.g. depth recurrence switching
         # on at 35% of training is a second graph), so no recompilation lands on the clock. Varlen / fa3 batches
         # are padded to one cu_seqlens length per shape, so the loader's own batches prime their graph.
-        segment_sizes = fix_segment_sizes(model, data, tc, eval_shapes)
+        segment_sizes = fix_segment_sizes(model, data, tc, eval_shapes, rt)
         for at in (0.0, *model.progress_milestones()):
             for i in range(tc.warmup_steps):
                 one_step(i, 0.0, priming=True, at=at)

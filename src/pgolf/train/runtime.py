@@ -40,11 +40,15 @@ class Runtime:
 
     def all_agree(self, flag: bool) -> bool:
         """True on every rank if `flag` is true on any rank (all-reduce MAX): ranks stop on the same step."""
+        return bool(self.max_int(int(flag)))
+
+    def max_int(self, value: int) -> int:
+        """The largest of the ranks' `value` (all-reduce MAX), on every rank."""
         if not self.distributed:
-            return flag
-        t = torch.tensor(int(flag), device=self.device)
+            return value
+        t = torch.tensor(value, dtype=torch.int64, device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
+        return int(t.item())
 
 
 def init_runtime(device: str = "auto") -> Runtime:
