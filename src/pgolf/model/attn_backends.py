@@ -95,8 +95,10 @@ def padded_cu_seqlens(input_ids: Tensor, bos_id: int, doc_isolated: bool, bucket
         cu = cu_seqlens(input_ids, bos_id)
     else:
         cu = torch.arange(0, B * T + 1, T, dtype=torch.int32, device=input_ids.device)
-    if not size or cu.numel() > size:  # the primed length always wins while the offsets fit it (a multiple of
-        if size:                       # CU_BUCKET, not bucket * 2^k: rounding 257..384 up to 512 compiled a graph)
+    # The primed length wins whenever the offsets fit it: it is a multiple of CU_BUCKET, not bucket * 2^k, and
+    # rounding 257..384 offsets up to 512 instead of a primed 384 compiled a second graph on the clock (issue 5).
+    if not size or cu.numel() > size:
+        if size:
             warnings.warn(f"a ({B}, {T}) batch has {cu.numel()} cu_seqlens offsets, more than the {size} primed for "
                           "its shape (segment_bound of the train shards' contiguous windows; train.loader=coprime "
                           "gathers rows from scattered ones): it compiles a new graph, on the clock",

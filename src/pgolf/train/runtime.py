@@ -17,8 +17,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-# Collectives wait this long before the watchdog aborts: rank 0 exports alone (GPTQ, the budget fitter's trials at
-# ~30 s each, brotli) while the others wait at a barrier, which NCCL's default of 10 minutes could cut short.
+# Collectives wait this long before the watchdog aborts: rank 0 exports alone (GPTQ, the budget fitter's trials,
+# 47 s each on an H100 at #1855's size) while the others wait at a barrier; NCCL's default of 10 minutes could cut
+# a long export short.
 PROCESS_GROUP_TIMEOUT = timedelta(minutes=30)
 
 
