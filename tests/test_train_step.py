@@ -75,6 +75,8 @@ def test_cuda_graph_mode_copies_the_first_backwards_gradients_and_trains_the_sam
 
 def test_graph_mode_needs_the_compiler(byte_dataset, tmp_path):
     assert not make_step(byte_dataset, tmp_path, compile=False, compile_mode="reduce-overhead").replays_graphs
+    assert make_step(byte_dataset, tmp_path, compile=True, compile_mode="max-autotune").replays_graphs
+    assert not make_step(byte_dataset, tmp_path, compile=True, compile_mode="max-autotune-no-cudagraphs").replays_graphs
     with pytest.raises(ValueError, match="train.compile_mode='reduce_overhead'"):
         from pgolf.train.schedule import check_train_techniques
         check_train_techniques(tiny_run_config(byte_dataset, tmp_path, compile_mode="reduce_overhead").train)
@@ -94,3 +96,12 @@ def test_process_group_waits_longer_than_nccls_ten_minutes(monkeypatch):
     rt = runtime.init_runtime("cpu")
     assert rt.distributed and rt.rank == 1 and seen["backend"] == "gloo"
     assert seen["timeout"] == runtime.PROCESS_GROUP_TIMEOUT >= datetime.timedelta(minutes=30)
+
+
+def test_graph_modes_are_the_modes_inductor_runs_as_cuda_graphs():
+    import torch._inductor as inductor
+
+    from pgolf.train.schedule import COMPILE_MODES, GRAPH_MODES
+
+    for mode in COMPILE_MODES:
+        assert (mode in GRAPH_MODES) == bool(inductor.list_mode_options(mode).get("triton.cudagraphs")), mode

@@ -23,7 +23,8 @@ from __future__ import annotations
 from pgolf.config import TrainConfig
 
 LOADERS = ("stream", "coprime", "docpack")
-COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "reduce-overhead")  # the last: CUDA graphs
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune")
+GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the modes whose training graph replays as CUDA graphs
 
 
 def progress(step: int, elapsed_s: float, cfg: TrainConfig) -> float:

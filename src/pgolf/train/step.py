@@ -25,7 +25,7 @@ from pgolf.optim.builder import muon_momentum_at, wd_mul
 from pgolf.train import qat as qat_mod
 from pgolf.train.ema import WeightAverager
 from pgolf.train.runtime import Runtime
-from pgolf.train.schedule import lr_mul, progress, warmdown_mul
+from pgolf.train.schedule import GRAPH_MODES, lr_mul, progress, warmdown_mul
 
 
 def next_micro_batch(loader, model: GPT, tc, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -67,13 +67,13 @@ class TrainStep:
 
     @property
     def replays_graphs(self) -> bool:
-        """Whether the training graph runs as CUDA graphs (train.compile_mode=reduce-overhead). A replay writes into
+        """Whether the training graph runs as CUDA graphs (train.compile_mode in GRAPH_MODES). A replay writes into
         the same output buffers every time, and the first backward of a step hands its output buffers over as the
         .grad tensors, which the next micro-batch's replay would overwrite (torch raises on the access). So after
         that backward the gradients are copied into tensors of their own (`own_gradients`), and the later ones add
         into those. Zeroing instead of dropping them would also do, but would let Adam and weight decay move
         parameters that got no gradient."""
-        return self.tc.compile and self.tc.compile_mode == "reduce-overhead"
+        return self.tc.compile and self.tc.compile_mode in GRAPH_MODES
 
     @property
     def accum(self) -> int:
