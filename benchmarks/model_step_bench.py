@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # noqa: BLE001 (reported per variant; the others still run)
             r = {"variant": name, "overrides": overrides, "error": f"{type(e).__name__}: {str(e)[:400]}"}
         results.append(r)
+        write_results(args, results, complete=len(results) == len(variants))  # a killed call keeps what ran
         print(f"{name:20s} " + (f"{r['ms_median']:9.2f} ms/{r['timed']}  {r['tokens_per_s']:>11,} tok/s  "
                                 f"first step {r['first_step_s']} s  peak {r['peak_mib']} MiB "
                                 f"(reserved {r.get('reserved_mib')})"
@@ -168,6 +169,13 @@ def main(argv: list[str] | None = None) -> int:
         for g in (r.get("idle_gaps") or [])[:4]:  # where the GPU waited: the kernels either side of the gaps
             print(f"    idle {g['ms_per_step']:6.2f} ms/step in {g['gaps_per_step']:g} gaps: {g['before'][:60]} -> "
                   f"{g['after'][:60]}", flush=True)
+    print(f"wrote {args.out}")
+    return 1 if any("error" in r for r in results) else 0
+
+
+def write_results(args, results: list[dict], complete: bool) -> None:
+    """--out after each variant (temp name, then rename): `complete` is false until the last variant has run, so
+    a call killed at its time limit (e.g. inside a long compile) still returns the variants before it."""
     base = next((r for r in results if "error" not in r), None)
     for r in results:
         if base and "error" not in r:
@@ -177,9 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "torch": torch.__version__,
         "pgolf_src": str(Path(sys.modules["pgolf"].__file__).parents[1]),
         "preset": args.preset, "data": str(args.data), "sets": args.set, "progress": args.progress,
-        "warmup": args.warmup, "iters": args.iters, "full_step": args.full_step, "results": results})
-    print(f"wrote {args.out}")
-    return 1 if any("error" in r for r in results) else 0
+        "warmup": args.warmup, "iters": args.iters, "full_step": args.full_step, "complete": complete,
+        "results": results})
 
 
 if __name__ == "__main__":

@@ -95,3 +95,24 @@ def test_full_step_times_the_loops_own_step(byte_dataset, tmp_path, monkeypatch)
     assert r["tokens_per_s"] == round(256 / (r["ms_median"] * 1e-3))  # a step is train.batch_tokens
     # first (compile) step, 1 warm-up, 2 timed: steps 0..3 at the forced progress, 2 micro-batches each, with EMA
     assert calls == [(i, 0.5, 2, True) for i in range(4)]
+
+
+def test_each_finished_variant_is_written_before_the_next_runs(byte_dataset, tmp_path, monkeypatch):
+    """A call killed inside a variant (a compile past the device's time limit) keeps the variants before it."""
+    out = tmp_path / "m.json"
+    real = msb.run_variant
+
+    def killed_in_second(name, overrides, args):
+        if name == "second":
+            assert json.loads(out.read_text())["complete"] is False  # the first is already on disk
+            raise KeyboardInterrupt  # what the time limit's signal does: not an error the loop records
+        return real(name, overrides, args)
+
+    monkeypatch.setattr(msb, "run_variant", killed_in_second)
+    with pytest.raises(KeyboardInterrupt):
+        msb.main(argv(byte_dataset, out, "--variant", "first", "--variant", "second"))
+    res = json.loads(out.read_text())
+    assert res["complete"] is False and [r["variant"] for r in res["results"]] == ["first"]
+    assert res["results"][0]["ms_median"] > 0
+    monkeypatch.setattr(msb, "run_variant", real)
+    assert msb.main(argv(byte_dataset, out, "--variant", "first")) == 0 and json.loads(out.read_text())["complete"]

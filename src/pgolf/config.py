@@ -256,7 +256,9 @@ class TrainConfig:
     # fused epilogues, e.g. the LeakyReLU² after the MLP up-projection; minutes more compile, outside the clock) |
     # reduce-overhead (CUDA graphs: each micro-batch's forward and backward replay as one launch, so the GPU does not
     # wait out the gaps between thousands of kernel launches; the first backward's gradients are copied, step.py) |
-    # max-autotune (both: the GEMM search with its fused epilogues, replayed as CUDA graphs)
+    # max-autotune (both: the GEMM search with its fused epilogues, replayed as CUDA graphs). Measured on pr1855
+    # (H200, flat model): its compile ran past 540 s, and for the LM head's weight gradient the best Triton GEMM ran
+    # at 92% of cuBLAS (benchmarks/results/logs/model_step_maxautotune_h200_killed_excerpt.log)
     compile_mode: str = "default"
     # inductor's mix-order reduction fusion in the training graph (torch >= 2.10: row and column reductions of one
     # tensor, as in RMSNorm's backward, in one kernel). Off by default: torch 2.11 asserts on some stacks with it
