@@ -4,13 +4,16 @@
     python3 benchmarks/fused_ce_bench.py --sweep --out $OUT/fused_ce_sweep.json      # + Triton block/warp sweep
     python3 benchmarks/fused_ce_bench.py --device cpu --rows 256 --out /tmp/ce.json  # logic check on CPU
 
-One step = ``loss = CE(C tanh((h W^T) / C), y); loss.backward()`` with h (N, D) and W (V, D) in bf16, W requiring
-grad, so the logits come from a matmul as in the model. Variants:
+One step = ``loss = CE(C tanh((h W^T) / C), y); loss.backward()`` with h (N, D) and W (V, D) in bf16, both requiring
+grad as in the model (so every variant runs the head's two backward GEMMs; results before 2026-12-04 had h without
+grad and no dh GEMM). Variants:
 
     eager           the model's eager head: tanh in the logits' dtype, then .float() and F.cross_entropy
     compiled        torch.compile(fullgraph=True) of the eager head
     fused           softcapped_cross_entropy (model/fused_ce.py): the Triton op on CUDA; on CPU its torch body
     fused_compiled  torch.compile(fullgraph=True) of the fused head (the way the training loop runs it)
+    head            head_softcapped_ce (model/fused_head_ce.py): GEMM, loss and gradient in one pass, the backward
+                    GEMMs inside the forward (model.fused_head_ce)
 
 Reported per (V, variant): median and mean ms per step (CUDA events on GPU), peak memory above what was allocated
 before the step (GPU only), the loss (the variants must agree to ~1e-2: eager rounds tanh to bf16). The matmul is
@@ -31,9 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pgolf.model import fused_ce
 from pgolf.model.fused_ce import softcapped_cross_entropy
+from pgolf.model.fused_head_ce import head_softcapped_ce
 from step_timer import bench_cli, time_steps
 
-VARIANTS = ("eager", "compiled", "fused", "fused_compiled")
+VARIANTS = ("eager", "compiled", "fused", "fused_compiled", "head")
 SWEEP = [(block, warps) for block in (512, 1024, 2048, 4096) for warps in (4, 8)]
 
 
@@ -47,7 +51,13 @@ def fused_head(h, w, y, cap: float):
     return softcapped_cross_entropy(h @ w.t(), y, cap, impl=impl)
 
 
+def one_op_head(h, w, y, cap: float):
+    return head_softcapped_ce(h, w, y, cap)
+
+
 def make_fn(variant: str):
+    if variant == "head":
+        return one_op_head
     fn = eager_head if variant in ("eager", "compiled") else fused_head
     return torch.compile(fn, fullgraph=True, dynamic=False) if variant.endswith("compiled") else fn
 
@@ -59,14 +69,14 @@ def time_head(fn, h, w, y, cap, warmup: int, iters: int) -> dict:
         out.backward()
         return out.item()
 
-    r = time_steps(step, h.device, warmup, iters, reset=lambda: setattr(w, "grad", None))
+    r = time_steps(step, h.device, warmup, iters, reset=lambda: (setattr(w, "grad", None), setattr(h, "grad", None)))
     r["loss"] = r.pop("last")
     return r
 
 
 def inputs(rows: int, vocab: int, dim: int, dtype: torch.dtype, device: torch.device, seed: int = 0):
     gen = torch.Generator(device=device).manual_seed(seed)
-    h = torch.randn(rows, dim, device=device, dtype=dtype, generator=gen)
+    h = torch.randn(rows, dim, device=device, dtype=dtype, generator=gen).requires_grad_()
     w = (torch.randn(vocab, dim, device=device, dtype=dtype, generator=gen) * dim**-0.5 * 4).requires_grad_()
     y = torch.randint(0, vocab, (rows,), device=device, generator=gen)
     return h, w, y
@@ -106,7 +116,7 @@ def run(args) -> dict:
                 r["peak_vs_eager"] = round(r["peak_mib"] / base["peak_mib"], 3)
     return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "torch": torch.__version__, "triton": fused_ce.HAS_TRITON, "kernel": dict(fused_ce.KERNEL),
-            "rows": args.rows, "dim": args.dim, "dtype": args.dtype, "cap": args.cap, "warmup": args.warmup,
+            "rows": args.rows, "dim": args.dim, "h_requires_grad": True, "dtype": args.dtype, "cap": args.cap, "warmup": args.warmup,
             "iters": args.iters, "results": results, "sweep": sweep}
 
 

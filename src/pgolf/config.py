@@ -97,6 +97,9 @@ class ModelConfig:
     embed_init: str = "normal"  # normal | overtone (2026-03-19 Overtone record)
     fused_ce: bool = False  # training loss: softcap + CE in one Triton kernel, eval unchanged (PR #1787; TOP #1855)
     fused_mlp: bool = False  # (leaky) relu² in the epilogue of the MLP's GEMMs, one Triton kernel each way (TOP #1855)
+    # training loss as one op: head GEMM, softcapped CE and the gradient in one pass over the logits, the head's
+    # backward GEMMs in the forward (model/fused_head_ce.py); supersedes fused_ce, eval unchanged
+    fused_head_ce: bool = False
 
     def __post_init__(self) -> None:
         if self.model_dim % self.num_heads:
@@ -154,6 +157,9 @@ class ModelConfig:
         if self.mlp_mult <= 0 or self.mlp_hidden < 1:
             raise ValueError(f"model.mlp_mult must be positive, got {self.mlp_mult}")
         _check_choice("model.mlp_act", self.mlp_act, ("relu2", "leaky_relu2", "swiglu"))
+        if self.fused_head_ce and self.vocab_size > 16384:
+            raise ValueError(f"model.fused_head_ce holds a row of logits per program in registers: model.vocab_size="
+                             f"{self.vocab_size} > 16384; use model.fused_ce")
         if self.fused_mlp and self.mlp_act == "swiglu":
             raise ValueError("model.fused_mlp=True fuses relu2 / leaky_relu2; model.mlp_act='swiglu' has no fused kernel")
         if not 0.0 <= self.mlp_leaky_slope < 1.0:

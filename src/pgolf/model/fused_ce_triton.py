@@ -67,6 +67,44 @@ def softcapped_ce_bwd_kernel(x_ptr, y_ptr, lse_ptr, gp_ptr, gy_ptr, gx_ptr, stri
         tl.store(gx_row + cols * gstride_v, gx.to(gx_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def softcapped_ce_loss_grad_kernel(x_ptr, y_ptr, loss_ptr, stride_n, stride_v, n_cols, cap, grad_scale,
+                                   BLOCK: tl.constexpr):
+    """Loss and gradient in one program per row, the whole row in registers (BLOCK >= n_cols; fused_head_ce.py):
+    one read, one sigmoid and one exp per logit, then the row is overwritten with grad_scale * dloss/dl (each
+    element read before it is written, by the same program, so in place is safe). A two-sweep form that read the
+    row again took 1.51 ms per 98,304 x 8192 bf16 rows on an H200, more than the two fused_ce kernels."""
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * stride_n
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    x = tl.load(x_row + cols * stride_v, mask=mask, other=0.0).to(tl.float32)
+    q = tl.sigmoid(x * (-2.0 / cap))
+    e = tl.where(mask, tl.exp(-2.0 * cap * q), 0.0)  # exp(z - C), in [exp(-2C), 1]
+    s = tl.sum(e, axis=0)
+    y = tl.load(y_ptr + row).to(tl.int64)
+    valid = (y >= 0) & (y < n_cols)  # an out-of-range target yields a NaN loss (and no one-hot term)
+    hit = cols == y
+    q_y = tl.sum(tl.where(hit, q, 0.0), axis=0)
+    tl.store(loss_ptr + row, tl.where(valid, tl.log(s) + 2.0 * cap * q_y, float("nan")))
+    gz = e * (1.0 / s) - tl.where(hit, 1.0, 0.0)
+    gx = gz * (4.0 * grad_scale * q * (1.0 - q))
+    tl.store(x_row + cols * stride_v, gx.to(x_ptr.dtype.element_ty), mask=mask)
+
+
+MAX_ROW_TILE = 16384  # columns one program of the loss-and-gradient kernel holds in registers
+
+
+def launch_loss_grad(logits, targets, losses, cap: float, grad_scale: float) -> None:
+    """losses[i] = loss of row i; logits <- grad_scale * dloss/dlogits, in place. Rows of at most MAX_ROW_TILE."""
+    n_rows, n_cols = logits.shape
+    block = triton.next_power_of_2(n_cols)
+    if block > MAX_ROW_TILE:
+        raise ValueError(f"softcapped_ce_loss_grad_kernel: rows of {n_cols} > {MAX_ROW_TILE} columns do not fit")
+    softcapped_ce_loss_grad_kernel[(n_rows,)](logits, targets, losses, logits.stride(0), logits.stride(1), n_cols,
+                                              cap, grad_scale, BLOCK=block, num_warps=max(4, min(16, block // 1024)))
+
+
 def launch_forward(logits, targets, losses, lse, cap: float, block: int, num_warps: int) -> None:
     n_rows, n_cols = logits.shape
     softcapped_ce_fwd_kernel[(n_rows,)](logits, targets, losses, lse, logits.stride(0), logits.stride(1), n_cols,

@@ -5,7 +5,8 @@
     decoder  for slot j, layer i in the decoder order:  x = skip_j(x, pop());  x = block_i(x, x0)
              from parallel_start_layer on, two lanes:   x, lane1 = block_i.forward_lanes(x, lane1, x0)
     head     h = rms_norm(x, or the lane merge);  logits = softcap * tanh(h E^T / softcap)  (tied E)
-    loss     cross-entropy of the logits; fused_ce: softcap + CE in one kernel on h E^T (fused_ce.py, training)
+    loss     cross-entropy of the logits; fused_ce: softcap + CE in one kernel on h E^T (fused_ce.py, training);
+             fused_head_ce: head, CE and their gradients in one op (fused_head_ce.py, training)
 
 ``skip_j(x, s) = x + w_j * s``, or with skip gates ``lerp(w_j * s, x, sigmoid(g_j))``. Encoder/decoder
 orders come from ``recurrence.py`` (plain, or with looped layers once ``loop_enable_at`` is reached);
@@ -30,6 +31,7 @@ from pgolf.model.attn_backends import apply_sdpa_priority, build_attn_context, n
 from pgolf.model.block import Block
 from pgolf.model.embed import BigramHash, SmearGateBOS, SmearGateV1
 from pgolf.model.fused_ce import softcapped_cross_entropy
+from pgolf.model.fused_head_ce import head_softcapped_ce
 from pgolf.model.init import orthogonal_linears_, overtone_
 from pgolf.model.layers import CastedLinear, rms_norm
 from pgolf.model.mlp import MLP
@@ -175,6 +177,10 @@ class GPT(nn.Module):
         """Mean training loss (nats/token). With fused_ce (PR #1787; TOP #1855) softcap + CE run in one kernel on the
         raw head, in fp32 (fused_ce.py). token_losses (evaluation) keeps the eager head on purpose, as the record
         does: under autocast its tanh runs in bf16, so the fused loss is close to it but not bit-equal on GPU."""
+        if self.cfg.fused_head_ce:
+            h = self.hidden(input_ids, cu_seqlens)
+            w = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
+            return head_softcapped_ce(h.flatten(0, 1), w.to(h.dtype), target_ids.flatten(), self.cfg.logit_softcap)
         if self.cfg.fused_ce:
             raw = self.raw_logits(input_ids, cu_seqlens)
             return softcapped_cross_entropy(raw.flatten(0, 1), target_ids.flatten(), self.cfg.logit_softcap)
