@@ -8,6 +8,7 @@ the ratios pgolf / record.
         --data data/proxy_sp8192 --stop-after-training --out "$OUT/throughput_issue5.json"
     python3 benchmarks/throughput.py --merge a.json b.json --out c.json     # record and pgolf from two calls
     python3 benchmarks/throughput.py --repeats p1.json p2.json p3.json --out r.json   # mean of merged pairings
+    python3 benchmarks/throughput.py --bandwidth-split h100.json h200.json --out s.json  # bandwidth-bound time
     python3 benchmarks/throughput.py --pgolf tiny --data data/demo_sp1024 --seconds 5 --out /tmp/t.json   # CPU
 
 pgolf runs as ``python -m pgolf train --preset P --set train.wallclock_s=S ...`` with a cheap export (int8 + zlib,
@@ -38,8 +39,8 @@ from typing import Any, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling record1855.py
 
 import record1855 as rec1855
-from pgolf.report.flops import PhaseFlops, peak_flops, phase_flops, read_tokens, t_eff_from_tokens
-from pgolf.report.throughput import load_pgolf_run, mfu_block, phase_stats, ratios
+from pgolf.report.flops import PhaseFlops, hbm_bandwidth, peak_flops, phase_flops, read_tokens, t_eff_from_tokens
+from pgolf.report.throughput import bandwidth_split, load_pgolf_run, mfu_block, phase_stats, ratios
 from pgolf.train.profile import PROFILE_SKIP
 
 SHIMS = Path(__file__).resolve().parent / "shims"
@@ -258,6 +259,31 @@ def repeats(paths: Sequence[Path]) -> dict[str, Any]:
                               "mfu": mfu is not None and mfu >= TARGETS["mfu"]}}
 
 
+def split_by_bandwidth(paths: Sequence[Path]) -> dict[str, Any]:
+    """The same runs on two GPUs of one bf16 peak and different HBM bandwidth (an H100 and an H200): per run and
+    phase, the step's bandwidth-bound and bandwidth-free time (`pgolf.report.throughput.bandwidth_split`)."""
+    docs = []
+    for p in paths:
+        d = json.loads(Path(p).read_text())
+        dev = d.get("device") or ""
+        bw, peak = hbm_bandwidth(dev), peak_flops(dev)
+        if bw is None or peak is None:
+            raise SystemExit(f"{p}: device {dev!r} has no HBM bandwidth or bf16 peak in pgolf.report.flops")
+        docs.append((str(p), dev, bw, peak, d))
+    (p_slow, dev_slow, bw_slow, peak_slow, slow), (p_fast, dev_fast, bw_fast, peak_fast, fast) = \
+        sorted(docs, key=lambda x: x[2])
+    if peak_slow != peak_fast or bw_slow == bw_fast:
+        raise SystemExit(f"--bandwidth-split needs one bf16 peak and two bandwidths: {dev_slow!r} and {dev_fast!r}")
+    runs = {k: bandwidth_split(slow[k], fast[k], bw_slow, bw_fast) for k in ("record", "pgolf")
+            if (slow.get(k) or {}).get("phases") and (fast.get(k) or {}).get("phases")}
+    if not runs:
+        raise SystemExit(f"{p_slow} and {p_fast} share no run with phases (record / pgolf)")
+    return {"what": "t = C + M * bw_slow / bw per phase: C bandwidth-free, M bandwidth-bound on the slower GPU",
+            "slow": {"file": p_slow, "device": dev_slow, "hbm_bytes_per_s": bw_slow},
+            "fast": {"file": p_fast, "device": dev_fast, "hbm_bytes_per_s": bw_fast},
+            "peak_flops": peak_slow, "runs": runs}
+
+
 def measure(args) -> dict[str, Any]:
     from pgolf.fileio import atomic_write_json
     from pgolf.presets import get_preset
@@ -380,10 +406,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=None, help="default: runs/throughput-<time>")
     ap.add_argument("--merge", type=Path, nargs="+", default=None, help="combine earlier JSONs of this script")
     ap.add_argument("--repeats", type=Path, nargs="+", default=None, help="summarize merged pairings (mean ratio)")
+    ap.add_argument("--bandwidth-split", type=Path, nargs=2, default=None, metavar=("A.json", "B.json"),
+                    help="the same runs on two GPUs of one peak, different HBM bandwidth: bandwidth-bound time")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     from pgolf.fileio import atomic_write_json
 
+    if args.bandwidth_split:
+        result = split_by_bandwidth(args.bandwidth_split)
+        atomic_write_json(args.out, result)
+        for run, phases in result["runs"].items():
+            for ph, r in phases.items():
+                bound = r["mfu_if_no_bandwidth_bound"]
+                print(f"{run:7s} {ph:7s} step {r['step_s']['slow']:.4f} / {r['step_s']['fast']:.4f} s  "
+                      f"bandwidth-bound {r['bandwidth_bound_s']:.4f} s ({r['bandwidth_bound_share']:.0%})  "
+                      f"free {r['bandwidth_free_s']:.4f} s  MFU {r['mfu_slow']:.3f} -> "
+                      + (f"{bound:.3f}" if bound is not None else "-") + ("" if r["consistent"] else "  INCONSISTENT"))
+        print(f"wrote {args.out}")
+        return 0
     if args.merge:
         result = merge(args.merge)
     elif args.repeats:

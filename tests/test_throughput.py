@@ -514,3 +514,42 @@ def test_profiled_record_runs_under_the_profile_script_with_pgolfs_window(tmp_pa
     assert opt == {"--skip": str(2 * 5 + 30), "--steps": "8",  # warm-up with loops off, then on, then 30 timed
                    "--out-dir": str((tmp_path / "w" / "record_profile").resolve())}
     assert str(tp.SHIMS) in seen["pythonpath"] and res["profile"] is None  # nothing written by the fake run
+
+
+# --- bandwidth split: the same runs on an H100 and an H200 ---
+
+def run_block(flat_s: float, looped_s: float, mfu: float = 0.3) -> dict:
+    return {"phases": {"flat": {"step_time_s": flat_s}, "looped": {"step_time_s": looped_s}},
+            "mfu": {"flat": mfu, "looped": mfu}}
+
+
+def test_bandwidth_split_recovers_the_bound_and_free_parts():
+    c, m, bw_slow, bw_fast = 0.5, 0.2, 3.35e12, 4.8e12
+    slow = run_block(c + m, 2 * (c + m))
+    fast = run_block(c + m * bw_slow / bw_fast, 2 * (c + m * bw_slow / bw_fast))
+    out = TP.bandwidth_split(slow, fast, bw_slow, bw_fast)
+    assert out["flat"]["bandwidth_bound_s"] == pytest.approx(m) and out["flat"]["bandwidth_free_s"] == pytest.approx(c)
+    assert out["looped"]["bandwidth_bound_s"] == pytest.approx(2 * m)
+    assert out["flat"]["mfu_if_no_bandwidth_bound"] == pytest.approx(0.3 * (c + m) / c) and out["flat"]["consistent"]
+    assert not TP.bandwidth_split(run_block(0.7, 1.0), run_block(0.8, 1.1), bw_slow, bw_fast)["flat"]["consistent"]
+    with pytest.raises(ValueError, match="bw_fast > bw_slow"):
+        TP.bandwidth_split(slow, fast, bw_fast, bw_slow)
+
+
+def test_bandwidth_split_cli_orders_the_gpus_and_names_bad_files(tmp_path, capsys):
+    h100, h200 = tmp_path / "a.json", tmp_path / "b.json"
+    h100.write_text(json.dumps({"device": "NVIDIA H100 80GB HBM3", "pgolf": run_block(0.7311, 1.0974)}))
+    h200.write_text(json.dumps({"device": "NVIDIA H200", "pgolf": run_block(0.6622, 0.9884)}))
+    outs = []
+    for order in ((h200, h100), (h100, h200)):
+        out = tmp_path / "s.json"
+        assert tp.main(["--bandwidth-split", *map(str, order), "--out", str(out)]) == 0
+        outs.append(json.loads(out.read_text()))
+    assert outs[0]["runs"] == outs[1]["runs"] and outs[0]["slow"]["device"] == "NVIDIA H100 80GB HBM3"
+    assert outs[0]["runs"]["pgolf"]["flat"]["bandwidth_bound_s"] == pytest.approx(0.0689 / (1 - 3.35 / 4.8))
+    other = tmp_path / "c.json"
+    other.write_text(json.dumps({"device": "Some GPU", "pgolf": run_block(0.7, 1.0)}))
+    with pytest.raises(SystemExit, match="c.json: device 'Some GPU' has no HBM bandwidth"):
+        tp.main(["--bandwidth-split", str(h100), str(other), "--out", str(tmp_path / "x.json")])
+    with pytest.raises(SystemExit, match="one bf16 peak and two bandwidths"):
+        tp.main(["--bandwidth-split", str(h100), str(h100), "--out", str(tmp_path / "x.json")])

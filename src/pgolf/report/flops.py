@@ -40,9 +40,18 @@ from pgolf.data.shards import read_shard
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 tensor-core peaks (SXM)
 
 
+# HBM bandwidth, bytes/s (SXM parts; datasheets): an H200 is an H100's compute with 1.43x the bandwidth
+HBM_BYTES_PER_S = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.039e12}
+
+
 def peak_flops(device_name: str) -> float | None:
     """Dense bf16 peak of a GPU from its name (``NVIDIA H100 80GB HBM3`` -> 989e12), None when unknown."""
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in device_name), None)
+
+
+def hbm_bandwidth(device_name: str) -> float | None:
+    """HBM bytes/s of a GPU from its name (``NVIDIA H200`` -> 4.8e12), None when unknown."""
+    return next((v for k, v in HBM_BYTES_PER_S.items() if k in device_name), None)
 
 
 def matmul_params_per_layer(m: Any) -> int:

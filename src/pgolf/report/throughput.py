@@ -140,3 +140,29 @@ def ratios(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float | None]:
         out[name] = x["tokens_per_s"] / y["tokens_per_s"] if (x and y and x["tokens_per_s"] and y["tokens_per_s"]) \
             else None
     return out
+
+
+def bandwidth_split(slow: dict[str, Any], fast: dict[str, Any], bw_slow: float, bw_fast: float) -> dict[str, Any]:
+    """Each phase's step time on two GPUs of one compute peak and clock but different HBM bandwidth, written as
+    t = C + M * bw_slow / bw, C the time that does not depend on bandwidth and M the bandwidth-bound time on the
+    slower GPU (an H100 and an H200)::
+
+        M = (t_slow - t_fast) / (1 - bw_slow / bw_fast),   C = t_slow - M,   MFU with M = 0: mfu_slow * t_slow / C
+
+    slow, fast: one run's block of a throughput JSON (``phases`` with ``step_time_s``, ``mfu`` per phase). A phase
+    whose M or C comes out negative (the faster-bandwidth GPU was slower) is marked inconsistent."""
+    if not bw_fast > bw_slow > 0:
+        raise ValueError(f"bandwidth_split: needs bw_fast > bw_slow > 0, got {bw_fast} and {bw_slow}")
+    out: dict[str, Any] = {}
+    for name in ("flat", "looped"):
+        a, b = (slow.get("phases") or {}).get(name), (fast.get("phases") or {}).get(name)
+        if not (a and b and a.get("step_time_s") and b.get("step_time_s")):
+            continue
+        t_slow, t_fast = a["step_time_s"], b["step_time_s"]
+        m = (t_slow - t_fast) / (1.0 - bw_slow / bw_fast)
+        c = t_slow - m
+        mfu = (slow.get("mfu") or {}).get(name)
+        out[name] = {"step_s": {"slow": t_slow, "fast": t_fast}, "bandwidth_bound_s": m, "bandwidth_free_s": c,
+                     "bandwidth_bound_share": m / t_slow, "consistent": m >= 0 and c > 0,
+                     "mfu_slow": mfu, "mfu_if_no_bandwidth_bound": mfu * t_slow / c if (mfu and c > 0) else None}
+    return out
