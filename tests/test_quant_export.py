@@ -85,6 +85,7 @@ def test_plan_follows_policy_and_classes():
          compressor="pergroup", control_dtype="int8"),
     dict(gptq=True, matrix_bits=5, asym=True, pack_bits=True, lqer_rank=1, lqer_top_k=1, lqer_asym=False,
          compressor="pergroup"),
+    {"compressor": "pergroup", "pergroup_split_bytes": 512},
 ])
 def test_artifact_round_trip_new_schemes(tmp_path, extra):
     m = _model()
@@ -157,6 +158,10 @@ def test_reserve_and_config_checks():
         QuantConfig(scheme="mixed", clip="median")
     assert payload_codec(QuantConfig(codec="brotli", byte_shuffle=2)) == "shuf2+brotli"
     assert payload_codec(QuantConfig(compressor="pergroup")) == "pergroup"
+    assert payload_codec(QuantConfig(compressor="pergroup", pergroup_split_bytes=3_000_000)) == "pergroup@3000000"
+    assert payload_codec(QuantConfig(codec="zstd", pergroup_split_bytes=1000)) == "zstd"  # single codec: unused
+    with pytest.raises(ValueError, match="quant.pergroup_split_bytes=-1"):
+        QuantConfig(compressor="pergroup", pergroup_split_bytes=-1)
     with pytest.raises(ValueError, match="fit_budget"):
         export_model(_model(), QuantConfig(**MIXED, fit_budget=True))
 

@@ -65,3 +65,25 @@ def test_cli_inspect(run_dir, monkeypatch, capsys):
     assert (run_dir / "artifact.bytes.png").exists()
     rep = json.loads((run_dir / "r.json").read_text())
     assert rep["bytes"]["code"] == 1000 and rep["fp32"].endswith("model_fp32.pt")
+
+
+def test_split_groups_report_under_their_role(tmp_path):
+    """pergroup@N names parts mlp.fc#0, mlp.fc#1, ...: the report attributes them to mlp.fc with the part's codec."""
+    from pgolf.export.artifact import read_artifact
+    from pgolf.export.inspect import _pergroup_codecs
+    from pgolf.quant.pergroup import read_header
+
+    q = QuantConfig(scheme="mixed", keep_float_max_numel=256, matrix_bits=6, compressor="pergroup",
+                    pergroup_split_bytes=64)
+    qs = export_model(small_trained_like_gpt(96), q)
+    path = tmp_path / "a.pgz"
+    write_artifact(path, qs, codec=payload_codec(q), meta={})
+    _, manifest = read_artifact(path)
+    data = path.read_bytes()
+    header, _ = read_header(data[len(data) - int(manifest["payload_bytes"]):])
+    parts = {g[0]: (g[1], g[2]) for g in header["g"]}
+    codecs = _pergroup_codecs(path, manifest)
+    assert "mlp.fc#1" in parts and "mlp.fc" in codecs and not any("#" in k for k in codecs)
+    assert codecs["mlp.fc"] == parts["mlp.fc#0"]
+    rep = inspect_artifact(path, code_bytes=0)
+    assert rep["codec"] == "pergroup@64" and rep["groups"]["mlp.fc"]["compressed_bytes"] > 0

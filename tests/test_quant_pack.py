@@ -23,6 +23,7 @@ from pgolf.quant.pergroup import (
     decompress_pergroup,
     group_segments,
     read_header,
+    split_groups,
     tensor_role,
 )
 from pgolf.quant.rowwise import RowSpec, pack_qtensor, quantize_rowwise
@@ -118,6 +119,33 @@ def test_pergroup_round_trip_and_layout():
     assert decompress(only, "pergroup:zlib") == raw
     assert len(blob) <= len(only)  # the best codec per group is never worse than one fixed codec
     assert tensor_role("blocks.3.mlp.proj.weight") == "mlp.proj" and tensor_role("lm_head.weight") == "tok_emb"
+
+
+def test_split_groups_cut_at_matrix_boundaries_into_equal_shares():
+    segs = [[i * 100, 100, 10, 10] for i in range(11)]  # 11 matrices of 100 bytes
+    out = split_groups({"mlp.fc": segs, "rest": [[1100, 50, 0, 0]]}, 300)
+    assert list(out) == ["mlp.fc#0", "mlp.fc#1", "mlp.fc#2", "mlp.fc#3", "rest"]  # ceil(1100 / 300) = 4 parts
+    assert [len(v) for k, v in out.items() if k.startswith("mlp")] == [3, 3, 3, 2]
+    assert [s for k, v in out.items() if k.startswith("mlp") for s in v] == segs  # order and segments kept
+    assert split_groups({"tok_emb": [[0, 5000, 50, 100]]}, 300) == {"tok_emb": [[0, 5000, 50, 100]]}  # one matrix
+    assert split_groups({"a": segs}, 0) == {"a": segs} and split_groups({"a": segs}, 5000) == {"a": segs}
+    assert [len(v) for v in split_groups({"a": segs}, 1).values()] == [1] * 11  # never more parts than segments
+
+
+def test_pergroup_split_spec_round_trips_with_more_groups():
+    raw, entries = pack_state(_qs())
+    whole = compress(raw, "pergroup", layout=entries)
+    n = sum(s[1] for s in group_segments(entries)["mlp.fc"])
+    spec = f"pergroup@{n // 2}"
+    blob = compress(raw, spec, layout=entries)
+    names = [g[0] for g in read_header(blob)[0]["g"]]
+    assert "mlp.fc#0" in names and "mlp.fc#1" in names and "mlp.fc" not in names
+    assert decompress(blob, spec) == raw and decompress(blob, "pergroup") == raw  # the container is self-describing
+    assert len(read_header(blob)[0]["g"]) > len(read_header(whole)[0]["g"])
+    assert decompress(compress(raw, "pergroup:zlib@64", layout=entries), "pergroup:zlib@64") == raw
+    for bad in ("pergroup@", "pergroup@0", "pergroup@x"):
+        with pytest.raises(ValueError, match="positive byte count"):
+            compress(raw, bad, layout=entries)
 
 
 def test_pergroup_corruption_is_detected():

@@ -51,7 +51,10 @@ def _pergroup_codecs(path: Path, manifest: dict[str, Any]) -> dict[str, tuple[st
     data = path.read_bytes()
     start = len(data) - int(manifest["payload_bytes"])
     header, _ = read_header(data[start:])
-    return {g[0]: (g[1], int(g[2])) for g in header["g"]}
+    out: dict[str, tuple[str, int]] = {}
+    for g in header["g"]:  # a split group (pergroup@N: mlp.fc#0, mlp.fc#1, ...) counts with its first part's codec
+        out.setdefault(g[0].split("#")[0], (g[1], int(g[2])))
+    return out
 
 
 def _alone_bytes(entry: dict[str, Any], parts: dict[str, torch.Tensor], codec: str,

@@ -41,7 +41,7 @@ Not reproduced (yet) by pgolf, so this preset is the record's training recipe, n
   ``attn_backend=flex`` gives the same attention, but on an H100 with torch 2.11 its compiled no-grad graph
   (evaluation) faults (benchmarks/results/diag_doc_isolated_h100_narrowing.json).
 - The per-group lrzip (ZPAQ) back-end and row similarity sort: pgolf's ``compressor=pergroup`` picks among its own
-  codecs per tensor group.
+  codecs per tensor group; groups over 3 MB are split into parallel codec jobs (``quant.pergroup_split_bytes``).
 - The record clips gradients per rank before its reduce-scatter; pgolf clips the all-reduced gradient.
 """
 
@@ -86,6 +86,9 @@ def preset() -> RunConfig:
             # pgolf's safety net, not the record's: the record's export when it fits, else coarser clip steps (alpha
             # >= 1) until it does. Short runs overshot (1.6 kB after 86 steps; benchmarks/results/multi_gpu/).
             fit_budget=True, fit_alpha_min=1.0,
+            # pgolf's: groups over 3 MB (mlp.fc, mlp.proj) split into 4 codec jobs each. Initialized pr1855 on 2 CPU
+            # cores: write 42.3 -> 24.6 s, 9,764,514 -> 9,764,340 bytes (benchmarks/results/export_time/)
+            pergroup_split_bytes=3_000_000,
         ),
         eval=EvalConfig(seq_len=2048),
     )

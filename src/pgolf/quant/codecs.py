@@ -8,8 +8,9 @@
 
 A codec *spec* (what the artifact manifest records) is one of these names, optionally behind a
 byte shuffle (``shuf2+brotli``: `pgolf.quant.pack.byte_shuffle` with stride 2, then brotli), or
-``pergroup`` / ``pergroup:zstd,brotli`` (`pgolf.quant.pergroup`: the best codec per tensor group,
-which needs the payload layout when compressing; decoding is self-describing).
+``pergroup`` / ``pergroup:zstd,brotli`` / ``pergroup@3000000`` (`pgolf.quant.pergroup`: the best codec per
+tensor group, large groups optionally split; needs the payload layout when compressing; decoding is
+self-describing).
 
     blob = compress(raw, "brotli"); assert decompress(blob, "brotli") == raw
 """
@@ -47,7 +48,8 @@ def parse_spec(spec: str) -> tuple[int, str]:
 
 
 def is_pergroup(spec: str) -> bool:
-    return isinstance(spec, str) and (spec == "pergroup" or spec.startswith("pergroup:"))
+    """``pergroup``, ``pergroup:<codecs>``, either with ``@<split bytes>`` (`pgolf.quant.pergroup`)."""
+    return isinstance(spec, str) and re.match(r"pergroup([:@]|$)", spec) is not None
 
 
 def compress(data: bytes, codec: str, *, layout: list[dict[str, Any]] | None = None) -> bytes:

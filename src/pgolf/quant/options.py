@@ -35,6 +35,8 @@ def check_quant_config(q: Any) -> None:
         bad("compressor", f"must be one of {', '.join(COMPRESSORS)}")
     if q.compressor == "pergroup" and q.byte_shuffle:
         bad("byte_shuffle", "is chosen per group by compressor=pergroup; leave it 0")
+    if not (isinstance(q.pergroup_split_bytes, int) and q.pergroup_split_bytes >= 0):
+        bad("pergroup_split_bytes", "must be an int >= 0 (0 = off)")
     if q.gptq_block < 1:
         bad("gptq_block", "must be >= 1")
     if not q.gptq_damp >= 0:
@@ -64,5 +66,5 @@ def check_quant_config(q: Any) -> None:
 def payload_codec(q: Any) -> str:
     """The codec spec written to the artifact for this config (see `pgolf.quant.codecs`)."""
     if q.compressor == "pergroup":
-        return "pergroup"
+        return f"pergroup@{q.pergroup_split_bytes}" if q.pergroup_split_bytes else "pergroup"
     return f"shuf{q.byte_shuffle}+{q.codec}" if q.byte_shuffle else q.codec
