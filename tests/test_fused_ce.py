@@ -10,6 +10,8 @@ import importlib.util
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import loss_and_grads
+from conftest import perturbed_gpt as model
 
 from pgolf.config import ModelConfig
 from pgolf.model import fused_ce
@@ -139,22 +141,6 @@ def test_bad_arguments_raise():
 
 
 # --- CPU: the model switch ---
-
-def model(seed: int = 0, **kw) -> GPT:
-    torch.manual_seed(seed)
-    m = GPT(ModelConfig(vocab_size=64, num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2, **kw))
-    with torch.no_grad():  # move off the zero-init projections so every parameter gets a gradient
-        for p in m.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    return m
-
-
-def loss_and_grads(m: GPT, x, y):
-    m.zero_grad()
-    loss = m(x, y)
-    loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
-
 
 def batch(seed: int = 5):
     gen = torch.Generator().manual_seed(seed)

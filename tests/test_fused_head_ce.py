@@ -9,6 +9,8 @@ import importlib.util
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import loss_and_grads
+from conftest import perturbed_gpt as model
 
 from pgolf.config import ModelConfig
 from pgolf.model.fused_head_ce import head_softcapped_ce
@@ -81,22 +83,6 @@ def test_bad_arguments_name_what_is_wrong():
 
 
 # --- the model switch ---
-
-def model(**kw) -> GPT:
-    torch.manual_seed(0)
-    m = GPT(ModelConfig(vocab_size=64, num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2, **kw))
-    with torch.no_grad():  # off the zero-init projections, so every parameter gets a gradient
-        for p in m.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    return m
-
-
-def loss_and_grads(m: GPT, x, y):
-    m.zero_grad()
-    loss = m(x, y)
-    loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
-
 
 def batch():
     x = torch.randint(0, 64, (2, 24), generator=torch.Generator().manual_seed(5))
