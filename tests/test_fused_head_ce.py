@@ -40,6 +40,16 @@ def oracle(h, w, y, cap: float, scale: float = 1.0):
     return loss.detach(), hd.grad, wd.grad
 
 
+def test_bf16_gradients_take_the_upstream_scale_in_fp32():
+    h, w, y = sample(16, 8, 40, seed=2, dtype=torch.bfloat16)
+    hl = h.clone().requires_grad_()
+    loss = head_softcapped_ce(hl, w, y, 30.0)
+    (loss / 6).backward()  # 1/6 in bf16 is 0.16699: 0.2% off
+    _, dh, _ = torch.ops.pgolf.head_softcapped_ce(h, w, y, 30.0)
+    assert hl.grad.dtype == torch.bfloat16
+    assert torch.equal(hl.grad, (dh.float() / 6).to(torch.bfloat16))
+
+
 @pytest.mark.parametrize("cap, scale", [(30.0, 1.0), (15.0, 0.25)])
 def test_loss_and_gradients_match_the_oracle(cap, scale):
     h, w, y = sample(40, 16, 97)

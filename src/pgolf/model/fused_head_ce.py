@@ -19,8 +19,8 @@ On CUDA with triton the kernel runs; elsewhere the op's body is the same math in
 
 Measured (pr1855 micro-step, 98,304 tokens, H200; benchmarks/results/model_step_fused_head_ce_twosweep_h200.json)
 with an earlier kernel that swept each row twice: 92.77 ms against fused_ce's 92.77, peak memory 27.7 against
-29.3 GiB (no (N, V) tensor waits for the backward). That kernel took 1.51 ms per micro-batch, bound by its four
-transcendentals per logit; the one-sweep kernel now used has two and reads the row once. It is checked in Triton's
+29.3 GiB (no (N, V) tensor waits for the backward). That kernel took 1.51 ms per micro-batch, bound by two
+sigmoids and two exps per logit; the one-sweep kernel now used has one of each and reads the row once. It is checked in Triton's
 interpreter (tests/test_fused_head_ce.py) and not yet timed on a GPU: off by default until it is.
 Same limits as fused_ce: targets must be vocabulary ids (an out-of-range id gives a NaN loss) and C <= MAX_CAP;
 and V <= 16,384 (a row per program in registers; checked by ModelConfig).
@@ -82,8 +82,8 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, grad_loss: Tensor, _gdh, _gdw):
     dh, dw = ctx.saved_tensors
-    g = grad_loss.to(dh.dtype)
-    return dh * g, dw * g, None, None
+    g = grad_loss.float()  # in fp32: 1 / accum (e.g. 1/6) rounded to bf16 would be off by up to 0.4%
+    return (dh.float() * g).to(dh.dtype), (dw.float() * g).to(dw.dtype), None, None
 
 
 _head_ce.register_autograd(_backward, setup_context=_setup_context)
