@@ -51,13 +51,9 @@ def fused_head(h, w, y, cap: float):
     return softcapped_cross_entropy(h @ w.t(), y, cap, impl=impl)
 
 
-def one_op_head(h, w, y, cap: float):
-    return head_softcapped_ce(h, w, y, cap)
-
-
 def make_fn(variant: str):
     if variant == "head":
-        return one_op_head
+        return head_softcapped_ce
     fn = eager_head if variant in ("eager", "compiled") else fused_head
     return torch.compile(fn, fullgraph=True, dynamic=False) if variant.endswith("compiled") else fn
 
@@ -116,8 +112,8 @@ def run(args) -> dict:
                 r["peak_vs_eager"] = round(r["peak_mib"] / base["peak_mib"], 3)
     return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "torch": torch.__version__, "triton": fused_ce.HAS_TRITON, "kernel": dict(fused_ce.KERNEL),
-            "rows": args.rows, "dim": args.dim, "h_requires_grad": True, "dtype": args.dtype, "cap": args.cap, "warmup": args.warmup,
-            "iters": args.iters, "results": results, "sweep": sweep}
+            "rows": args.rows, "dim": args.dim, "h_requires_grad": True, "dtype": args.dtype, "cap": args.cap,
+            "warmup": args.warmup, "iters": args.iters, "results": results, "sweep": sweep}
 
 
 def main(argv: list[str] | None = None) -> int:

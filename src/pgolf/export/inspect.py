@@ -28,7 +28,7 @@ from pgolf.export.budget import LIMIT_BYTES
 from pgolf.fileio import atomic_write_bytes
 from pgolf.quant.codecs import compress, is_pergroup
 from pgolf.quant.pack import byte_shuffle, transpose_bytes
-from pgolf.quant.pergroup import ROLES, part_role, read_header, tensor_role
+from pgolf.quant.pergroup import ROLES, group_role, part_role, read_header, tensor_role
 from pgolf.quant.state import dequantize_tensor
 
 ROW_SCHEMES = ("int_row", "int_row_asym", "int8_row", "int8_tensor")
@@ -53,7 +53,7 @@ def _pergroup_codecs(path: Path, manifest: dict[str, Any]) -> dict[str, tuple[st
     header, _ = read_header(data[start:])
     out: dict[str, tuple[str, int]] = {}
     for g in header["g"]:  # a split group (pergroup@N: mlp.fc#0, mlp.fc#1, ...) counts with its first part's codec
-        out.setdefault(g[0].split("#")[0], (g[1], int(g[2])))
+        out.setdefault(group_role(g[0]), (g[1], int(g[2])))
     return out
 
 
