@@ -100,6 +100,9 @@ class ModelConfig:
     # training loss as one op: head GEMM, softcapped CE and the gradient in one pass over the logits, the head's
     # backward GEMMs in the forward (model/fused_head_ce.py); supersedes fused_ce, eval unchanged
     fused_head_ce: bool = False
+    # attn_scale / mlp_scale multiply the rows of the branch's output projection instead of its output (same math):
+    # the scale's gradient becomes a row sum over the weight, not a reduction over every token (model/block.py)
+    fold_branch_scales: bool = False
 
     def __post_init__(self) -> None:
         if self.model_dim % self.num_heads:

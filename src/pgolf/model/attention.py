@@ -103,8 +103,9 @@ class CausalSelfAttention(nn.Module):
             w = torch.empty(cfg.num_heads, cfg.model_dim, dtype=torch.float32)
             self.attn_gate_w = nn.Parameter(nn.init.normal_(w, mean=0.0, std=cfg.gated_attn_init_std))
 
-    def forward(self, x: Tensor, ctx: Any = None) -> Tensor:
-        """x: normed block input (B, T, d); ctx: from `attn_backends.build_attn_context` (None = plain causal)."""
+    def forward(self, x: Tensor, ctx: Any = None, out_scale: Tensor | None = None) -> Tensor:
+        """x: normed block input (B, T, d); ctx: from `attn_backends.build_attn_context` (None = plain causal);
+        out_scale: (d,) folded into the output projection (`CastedLinear.forward`)."""
         B, T, D = x.shape
         # Norm, rotary and gain act in the projections' own layout (B, T, H, hd); attention gets transposed views,
         # which the segment kernels (varlen, fa3) flatten to (B*T, H, hd) without a copy.
@@ -120,7 +121,7 @@ class CausalSelfAttention(nn.Module):
             y = xsa_project_out(y, v, torch.tanh(self.xsa_alpha).to(y.dtype) if self.xsa_gated else None)
         if self.gate_kind != "none":
             y = y * self._gate(x).transpose(1, 2)[..., None]
-        return self.proj(y.transpose(1, 2).reshape(B, T, D))
+        return self.proj(y.transpose(1, 2).reshape(B, T, D), out_scale)
 
     def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q (B, T, H, hd), k and v (B, T, Hkv, hd). ``model.fused_qkv``: one GEMM over the stacked weights, so

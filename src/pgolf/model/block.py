@@ -17,6 +17,11 @@ Not the identity as a function: each lane grows by 1.1 per block and U-Net skips
 norm(x) = rms_norm(x), times 1/sqrt(layer + 1) with ``model.ln_scale`` (PR #287/#315; TOP), where layer is
 the physical index, so a looped layer keeps its factor. Also not the identity as a function (it scales what the
 branches read); it changes nothing at step 0 only because the branches start at zero.
+
+``model.fold_branch_scales``: attn_scale and mlp_scale multiply the rows of the branch's output projection,
+s * (y W^T) = y (s W)^T, instead of its output. Same function and gradients up to bf16 rounding, but the backward
+gets d s = rowsum(W * dW') from the (d, hidden) weight gradient dW' instead of sum_tokens(out * d out): no
+reduction over every token, no scaled copy of the upstream gradient, and the branch output is not kept for it.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ class Block(nn.Module):
         self.mlp_scale = nn.Parameter(torch.ones(d))
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(d), torch.zeros(d))))
         self.norm_scale = 1.0 / math.sqrt(layer + 1) if cfg.ln_scale else None
+        self.fold_scales = cfg.fold_branch_scales
         self.parallel = 0 <= cfg.parallel_start_layer <= layer
         if self.parallel:
             self.lane_resid = nn.Parameter(torch.full((2,), 1.1))
@@ -51,15 +57,27 @@ class Block(nn.Module):
     def norm(self, x: Tensor) -> Tensor:
         return rms_norm(x) if self.norm_scale is None else rms_norm(x) * self.norm_scale
 
+    def attn_branch(self, h: Tensor, attn_ctx: Any) -> Tensor:
+        """attn_scale * Attn(h), h normed."""
+        if self.fold_scales:
+            return self.attn(h, attn_ctx, out_scale=self.attn_scale)
+        return self.attn_scale.to(h.dtype) * self.attn(h, attn_ctx)
+
+    def mlp_branch(self, h: Tensor) -> Tensor:
+        """mlp_scale * MLP(h), h normed."""
+        if self.fold_scales:
+            return self.mlp(h, out_scale=self.mlp_scale)
+        return self.mlp_scale.to(h.dtype) * self.mlp(h)
+
     def forward(self, x: Tensor, x0: Tensor, attn_ctx: Any = None) -> Tensor:
         mix = self.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        x = x + self.attn_scale.to(x.dtype) * self.attn(self.norm(x), attn_ctx)
-        return x + self.mlp_scale.to(x.dtype) * self.mlp(self.norm(x))
+        x = x + self.attn_branch(self.norm(x), attn_ctx)
+        return x + self.mlp_branch(self.norm(x))
 
     def forward_lanes(self, lane0: Tensor, lane1: Tensor, x0: Tensor, attn_ctx: Any = None) -> tuple[Tensor, Tensor]:
         mix = self.resid_mix.to(lane0.dtype)
-        a = self.attn_scale.to(lane0.dtype) * self.attn(self.norm(mix[0] * lane0 + mix[1] * x0), attn_ctx)
-        m = self.mlp_scale.to(lane1.dtype) * self.mlp(self.norm(lane1))
+        a = self.attn_branch(self.norm(mix[0] * lane0 + mix[1] * x0), attn_ctx)
+        m = self.mlp_branch(self.norm(lane1))
         r, p = self.lane_resid.to(lane0.dtype), self.lane_post.to(lane0.dtype)
         return r[0] * lane0 + p[0, 0] * a + p[1, 0] * m, r[1] * lane1 + p[0, 1] * a + p[1, 1] * m

@@ -23,5 +23,11 @@ class CastedLinear(nn.Linear):
         that take the weight directly (fused MLP) use this."""
         return self.weight
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.effective_weight().to(x.dtype))
+    def scaled_weight(self, out_scale: Tensor | None = None) -> Tensor:
+        """`effective_weight`, its rows times `out_scale` (out_features,) when given: x (s W)^T = s * (x W^T), so a
+        per-channel scale of the output folds into the weight (``model.fold_branch_scales``)."""
+        w = self.effective_weight()
+        return w if out_scale is None else out_scale[:, None] * w
+
+    def forward(self, x: Tensor, out_scale: Tensor | None = None) -> Tensor:
+        return F.linear(x, self.scaled_weight(out_scale).to(x.dtype))

@@ -38,10 +38,11 @@ class MLP(nn.Module):
         self.fc = CastedLinear(cfg.model_dim, 2 * hidden if self.act == "swiglu" else hidden)
         self.proj = CastedLinear(hidden, cfg.model_dim, zero_init=True)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, out_scale: Tensor | None = None) -> Tensor:
+        """out_scale: (d,) folded into ``proj``'s weight rows (``model.fold_branch_scales``)."""
         if self.fused:  # one kernel per direction carries the activation (fused_mlp.py); relu² is slope 0
             slope = self.slope if self.act == "leaky_relu2" else 0.0
-            return fused_mlp(x, self.fc.effective_weight(), self.proj.effective_weight(), slope)
+            return fused_mlp(x, self.fc.effective_weight(), self.proj.scaled_weight(out_scale), slope)
         h = self.fc(x)
         if self.act == "relu2":
             h = torch.relu(h).square()
@@ -50,4 +51,4 @@ class MLP(nn.Module):
         else:  # swiglu
             gate, up = h.chunk(2, dim=-1)
             h = F.silu(gate) * up
-        return self.proj(h)
+        return self.proj(h, out_scale)
