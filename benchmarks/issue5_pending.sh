@@ -1,21 +1,20 @@
 #!/usr/bin/env bash
-# One device call for what the 2026-12-04 session could not time (no device time left), each step time-boxed:
-#   1. GPU tests of model.fused_head_ce (tests/test_fused_head_ce.py: the one-sweep Triton kernel);
-#   2. the head + loss micro-benchmark at one pr1855 micro-batch (131,072 x 8192): fused_ce's two kernels against
-#      fused_head_ce's one (fused_ce_bench.py);
-#   3. pr1855's micro-step with fused_ce against fused_head_ce (model_step_bench.py, plain phase, the loop's
-#      compile options; attention backend from ATTN, default varlen since fa4 needs a call of its own);
-#   4. one export of the initialized pr1855 with and without quant.pergroup_split_bytes (export_time.py, GPTQ on).
+# One device call for what is built but not yet timed on a GPU, each step time-boxed:
+#   1. GPU tests of model.fused_q_norm (tests/test_q_norm_rope.py; compiled bf16 model against the plain one);
+#   2. pr1855's micro-step (pr1855 as shipped, fold_branch_scales on) against the same with model.fused_q_norm, before
+#      the loops (progress 0.0, with one profiled step) and after them (1.0) (model_step_bench.py; attention backend
+#      from ATTN, default varlen since fa4 needs a call of its own);
+#   3. one export of the initialized pr1855 (export_time.py, GPTQ on), for the split groups' timing at pr1855's 3 MB.
+# Turn fused_q_norm on in pr1855 only if step 2 shows it faster in both phases.
 #
-#   carry: .whl .carry      command: bash benchmarks/issue5_pending.sh           (about 7 minutes on one H100)
-#   env:   STEPS="1 2 3 4" | ATTN=varlen | PRESET=pr1855 | DATA=data/proxy_sp8192 | ROWS=131072
+#   carry: .whl .carry      command: bash benchmarks/issue5_pending.sh           (about 7 minutes on one H200)
+#   env:   STEPS="1 2 3" | ATTN=varlen | PRESET=pr1855 | DATA=data/proxy_sp8192
 #          SKIP_SETUP=1: do not source device_env.sh (a CPU dry run:
-#          OUT=/tmp/o SKIP_SETUP=1 PRESET=tiny DATA=data/demo_sp1024 ROWS=256 STEPS="2 3 4" bash benchmarks/issue5_pending.sh)
+#          OUT=/tmp/o SKIP_SETUP=1 PRESET=tiny DATA=data/demo_sp1024 STEPS="2 3" bash benchmarks/issue5_pending.sh)
 # Every result lands in $OUT; a step that fails or times out does not stop the next.
 set -uo pipefail
 OUT="${OUT:?set OUT}"
-STEPS="${STEPS:-1 2 3 4}" ATTN="${ATTN:-varlen}" PRESET="${PRESET:-pr1855}" DATA="${DATA:-data/proxy_sp8192}"
-ROWS="${ROWS:-131072}"
+STEPS="${STEPS:-1 2 3}" ATTN="${ATTN:-varlen}" PRESET="${PRESET:-pr1855}" DATA="${DATA:-data/proxy_sp8192}"
 mkdir -p "$OUT"
 if [ -z "${SKIP_SETUP:-}" ]; then
   source benchmarks/device_env.sh sp8192 > "$OUT/setup.log" 2>&1 || { tail -5 "$OUT/setup.log"; exit 1; }
@@ -32,22 +31,18 @@ run() {  # run NAME SECONDS CMD...: output to $OUT/NAME.log, its tail printed, r
   [ $r -eq 0 ] || { echo "$name: rc $r"; rc=1; }
 }
 if step 1; then
-  run fused_head_ce_gputests 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_fused_head_ce.py
+  run fused_q_norm_gputests 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_q_norm_rope.py
 fi
 if step 2; then
-  run fused_head_ce_bench 120 python3 benchmarks/fused_ce_bench.py --device "$DEVICE" --rows "$ROWS" --vocab 8192 \
-    --variants fused fused_compiled head --iters 20 --out "$OUT/fused_head_ce_bench.json"
+  for p in 0.0 1.0; do
+    prof=(); [ "$p" = 0.0 ] && prof=(--kernels 1 --top 24)
+    run "model_step_fused_q_norm_p$p" 230 python3 benchmarks/model_step_bench.py --preset "$PRESET" --data "$DATA" \
+      --device "$DEVICE" --progress "$p" --set "model.attn_backend=$ATTN" --variant base \
+      --variant fused_q_norm:model.fused_q_norm=true --warmup 3 --iters 12 "${prof[@]}" \
+      --out "$OUT/model_step_fused_q_norm_p$p.json"
+  done
 fi
 if step 3; then
-  run model_step_fused_head_ce 300 python3 benchmarks/model_step_bench.py --preset "$PRESET" --data "$DATA" \
-    --device "$DEVICE" --progress 0.0 --set "model.attn_backend=$ATTN" --variant fused_ce:model.fused_ce=true \
-    --variant fused_head_ce:model.fused_head_ce=true --warmup 3 --iters 12 --kernels 2 --top 16 \
-    --out "$OUT/model_step_fused_head_ce.json"
-fi
-if step 4; then
-  for split in 0 3000000; do
-    run "export_time_split$split" 150 python3 benchmarks/export_time.py --preset "$PRESET" --data "$DATA" \
-      --set "quant.pergroup_split_bytes=$split" --out "$OUT/export_time_split$split.json"
-  done
+  run export_time 150 python3 benchmarks/export_time.py --preset "$PRESET" --data "$DATA" --out "$OUT/export_time.json"
 fi
 exit $rc

@@ -153,6 +153,25 @@ def loss_and_grads(m, x, y):
     return loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
 
 
+def compiled_bf16_loss_and_grads(m, x, y):
+    """`loss_and_grads` through torch.compile(fullgraph=True) under bf16 autocast on CUDA (GPU tests of switches
+    that must agree with the plain model after inductor)."""
+    fwd = torch.compile(m.forward, fullgraph=True)
+    m.zero_grad()
+    with torch.autocast("cuda", torch.bfloat16):
+        loss = fwd(x, y)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+
+def assert_grads_aligned(got: dict, want: dict, min_cos: float = 0.99) -> None:
+    """Same gradient names, each pair's cosine similarity above `min_cos` (bf16 runs: rounding differs)."""
+    assert got.keys() == want.keys()
+    for name, g in want.items():
+        cos = torch.nn.functional.cosine_similarity(got[name].flatten().float(), g.flatten().float(), dim=0)
+        assert cos > min_cos, (name, float(cos))
+
+
 def position_shards(directory, sizes) -> list:
     """Train shards whose tokens are their global stream positions (all distinct; keep the total < 65536)."""
     import numpy as np

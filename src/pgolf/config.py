@@ -103,6 +103,9 @@ class ModelConfig:
     # attn_scale / mlp_scale multiply the rows of the branch's output projection instead of its output (same math):
     # the scale's gradient becomes a row sum over the weight, not a reduction over every token (model/block.py)
     fold_branch_scales: bool = False
+    # q's rms_norm, RoPE and q_gain as one autograd function whose backward takes q_gain's gradient from the norm's
+    # per-row dot instead of a pass over every token of q and dq (same math; model/q_norm_rope.py)
+    fused_q_norm: bool = False
 
     def __post_init__(self) -> None:
         if self.model_dim % self.num_heads:

@@ -3,7 +3,8 @@ and one optional per-head output gate. Data flow for one layer, x = the normed b
 
     q, k, v = x Wq, x Wk, x Wv                      # H query heads, Hkv <= H key/value heads (GQA)
     q, k    = rope(rms_norm(q)), rope(rms_norm(k))    # attn_rope.py: first rope_dims dims, ntk / yarn past L_train
-    q       = q * q_gain_h                            # learned per-head gain, init qk_gain_init
+    q       = q * q_gain_h                            # learned per-head gain, init qk_gain_init (q's three steps as
+                                                      # one function with model.fused_q_norm: q_norm_rope.py)
     y       = attend(q, k, v, ctx)                    # attn_backends.py: sdpa | flex | varlen | fa3, causal or per doc
     y       = y - c_h (y . v^) v^                     # XSA on xsa_layers; c = 1, or tanh(xsa_alpha_h) if xsa_gated
     y_h     = y_h * gate_h(x)                         # AttnOutGate | SparseAttnGate | dense gated attention
@@ -32,6 +33,7 @@ from pgolf.model.attn_rope import (
 )
 from pgolf.model.layers import CastedLinear, rms_norm
 from pgolf.model.patterns import parse_layers
+from pgolf.model.q_norm_rope import q_norm_rope
 
 
 def xsa_project_out(y: Tensor, v: Tensor, coef: Tensor | None = None) -> Tensor:
@@ -62,6 +64,7 @@ class CausalSelfAttention(nn.Module):
         # RoPE: full or partial (first rope_dims dims), NTK / YaRN scaling past rope_train_seq_len.
         self.rope_base = cfg.rope_base
         self.rope_dims = cfg.rope_dims or cfg.head_dim
+        self.fused_q_norm = cfg.fused_q_norm
         self.rope_scaling, self.rope_train_len = cfg.rope_scaling, cfg.rope_train_seq_len
         # cos/sin up to the training length, computed once: every scaling is the identity there, and a compiled
         # step then reads a (T, k/2) table instead of recomputing cos/sin in its kernels (as record #1855 caches
@@ -110,11 +113,13 @@ class CausalSelfAttention(nn.Module):
         # Norm, rotary and gain act in the projections' own layout (B, T, H, hd); attention gets transposed views,
         # which the segment kernels (varlen, fa3) flatten to (B*T, H, hd) without a copy.
         q, k, v = self.project_qkv(x)
-        q, k = rms_norm(q), rms_norm(k)
         cos, sin, temp = self.rotary(T, q.dtype)
-        q, k = apply_partial_rotary(q, cos, sin, self.rope_dims), apply_partial_rotary(k, cos, sin, self.rope_dims)
         gain = self.q_gain if temp == 1.0 else self.q_gain * temp  # YaRN temperature; T is static under compile
-        q = q * gain.to(q.dtype)[None, None, :, None]
+        k = apply_partial_rotary(rms_norm(k), cos, sin, self.rope_dims)
+        if self.fused_q_norm:  # the same function; the backward shares the norm's dot with q_gain's gradient
+            q = q_norm_rope(q, cos, sin, self.rope_dims, gain)
+        else:
+            q = apply_partial_rotary(rms_norm(q), cos, sin, self.rope_dims) * gain.to(q.dtype)[None, None, :, None]
         v = v.transpose(1, 2)
         y = attend(q.transpose(1, 2), k.transpose(1, 2), v, ctx, self.backend)  # (B, H, T, hd)
         if self.use_xsa:
