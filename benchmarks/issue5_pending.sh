@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # One device call for what is built but not yet timed on a GPU, each step time-boxed:
-#   1. GPU tests of model.fused_q_norm (tests/test_q_norm_rope.py; compiled bf16 model against the plain one);
+#   1. GPU tests of model.fused_q_norm (tests/test_q_norm_rope.py; compiled bf16 model against the plain one) and of
+#      calibration's bf16 X^T X (tests/test_quant_gptq.py);
 #   2. pr1855's micro-step (pr1855 as shipped, fold_branch_scales on) against the same with model.fused_q_norm, before
 #      the loops (progress 0.0, with one profiled step) and after them (1.0) (model_step_bench.py; attention backend
 #      from ATTN, default varlen since fa4 needs a call of its own);
-#   3. one export of the initialized pr1855 (export_time.py, GPTQ on), for the split groups' timing at pr1855's 3 MB.
+#   3. one export of the initialized pr1855 (export_time.py, GPTQ on): calibration with one X^T X for q/k/v on tensor
+#      cores (9.9 s before, export_time/export_time_pr1855_init_h200_split3000000.json), the split groups' write.
 # Turn fused_q_norm on in pr1855 only if step 2 shows it faster in both phases.
 #
 #   carry: .whl .carry      command: bash benchmarks/issue5_pending.sh           (about 7 minutes on one H200)
@@ -31,7 +33,8 @@ run() {  # run NAME SECONDS CMD...: output to $OUT/NAME.log, its tail printed, r
   [ $r -eq 0 ] || { echo "$name: rc $r"; rc=1; }
 }
 if step 1; then
-  run fused_q_norm_gputests 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_q_norm_rope.py
+  run fused_q_norm_gputests 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_q_norm_rope.py \
+    tests/test_quant_gptq.py
 fi
 if step 2; then
   for p in 0.0 1.0; do

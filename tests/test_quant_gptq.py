@@ -114,3 +114,43 @@ def test_gptq_on_cuda_matches_cpu():
     assert float((q_cpu == q_gpu).float().mean()) > 0.99  # rounding ties may differ in a few codes
     rtn = layer_output_error(x, w, grid.dequantize(grid.quantize(w)))
     assert layer_output_error(x, w, grid.dequantize(q_gpu)) < 0.6 * rtn
+
+
+def test_calibration_computes_one_gram_for_q_k_v(monkeypatch):
+    """c_q, c_k and c_v see the same input tensor: one X^T X serves all three, and the sums stay separate."""
+    from conftest import small_trained_like_gpt
+
+    from pgolf.quant import calib
+
+    m = small_trained_like_gpt()
+    batches = [torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    class Uncached(calib.HessianCollector):
+        def add(self, name, x):
+            self._last = None
+            super().add(name, x)
+
+    monkeypatch.setattr(calib, "HessianCollector", Uncached)
+    want = calib.collect_hessians(m, batches).hessians
+    monkeypatch.undo()
+    seen = []
+    real = calib.gram
+    monkeypatch.setattr(calib, "gram", lambda x: seen.append(x.shape) or real(x))
+    got = calib.collect_hessians(m, batches).hessians
+    # per block: one gram for q/k/v, one each for attn.proj, mlp.fc, mlp.proj; plus the head's
+    assert len(seen) == 2 * (4 * len(m.blocks) + 1)
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=0, msg=name)
+    q, k = (got[f"blocks.0.attn.c_{s}.weight"] for s in "qk")
+    assert torch.equal(q, k) and q.data_ptr() != k.data_ptr()
+
+
+@pytest.mark.gpu
+def test_gram_bf16_tensor_cores_match_fp32():
+    from pgolf.quant.calib import gram
+
+    x = torch.randn(4096, 256, device="cuda").bfloat16()
+    got = gram(x)
+    want = x.float().T @ x.float()
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-3)

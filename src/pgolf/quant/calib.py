@@ -75,6 +75,19 @@ def _batches(calib: Any) -> Iterable:
     return calib
 
 
+MM_OUT_DTYPE = torch.__version__ >= "2.8"  # torch.mm(..., out_dtype=torch.float32) for bf16 / fp16 on CUDA
+
+
+def gram(x: Tensor) -> Tensor:
+    """X^T X in fp32 for X (n, d). bf16 / fp16 on CUDA: one tensor-core GEMM that accumulates and returns fp32
+    (``mm`` with ``out_dtype``), so every product is exact, as in the fp32 GEMM of the upcast X, at a fraction of
+    its time (an fp32 GEMM runs on the CUDA cores); otherwise, and before torch 2.8 (no ``out_dtype``), fp32."""
+    if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and MM_OUT_DTYPE:
+        return torch.mm(x.T, x, out_dtype=torch.float32)
+    x = x.float()
+    return x.T @ x
+
+
 class HessianCollector:
     """Context manager: hooks every CastedLinear of `model`, accumulating X^T X per weight."""
 
@@ -84,15 +97,20 @@ class HessianCollector:
         self.counts: dict[str, int] = {}
         self._handles: list[Any] = []
         self._plain = unfused_projections(model)  # the fused MLP / QKV paths never call the hooked modules
+        self._last: tuple[Tensor, Tensor] | None = None  # (input, its X^T X) of the latest hook
 
     def add(self, name: str, x: Tensor) -> None:
-        x2 = x.detach().reshape(-1, x.shape[-1]).float()
-        xtx = x2.T @ x2
+        if self._last is not None and self._last[0] is x:  # c_q, c_k and c_v read the same input: one X^T X
+            xtx = self._last[1]
+        else:
+            xtx = gram(x.detach().reshape(-1, x.shape[-1]))
+            self._last = (x, xtx)  # the reference keeps x alive, so `is` cannot match a reused address
+        n = x.numel() // x.shape[-1]
         if name in self.sums:
             self.sums[name] += xtx
         else:
-            self.sums[name] = xtx
-        self.counts[name] = self.counts.get(name, 0) + x2.shape[0]
+            self.sums[name] = xtx.clone()
+        self.counts[name] = self.counts.get(name, 0) + n
 
     def __enter__(self) -> "HessianCollector":
         self._plain.__enter__()
@@ -110,6 +128,7 @@ class HessianCollector:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        self._last = None
         self._plain.__exit__(*exc)
 
     def stats(self) -> CalibStats:
