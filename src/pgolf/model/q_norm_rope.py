@@ -21,13 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-
-def _rotate(x: Tensor, cos: Tensor, sin: Tensor, k: int, sign: float) -> Tensor:
-    """R(x) (sign 1) or R^T(x) (sign -1) on the first k dims of the last axis."""
-    half = k // 2
-    x1, x2, rest = x[..., :half], x[..., half:k], x[..., k:]
-    ssin = sin if sign > 0 else -sin
-    return torch.cat((x1 * cos + x2 * ssin, x2 * cos - x1 * ssin, rest), dim=-1)
+from pgolf.model.attn_rope import apply_partial_rotary
 
 
 def _wide(x: Tensor) -> Tensor:
@@ -46,7 +40,7 @@ class _QNormRope(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, cos: Tensor, sin: Tensor, gain: Tensor, k: int) -> Tensor:
         qn, _ = _normed(q)
-        out = _rotate(qn, _wide(cos), _wide(sin), k, 1.0) * _wide(gain)[:, None]
+        out = apply_partial_rotary(qn, _wide(cos), _wide(sin), k) * _wide(gain)[:, None]
         ctx.save_for_backward(q, cos, sin, gain)
         ctx.k = k
         return out.to(q.dtype)
@@ -55,7 +49,7 @@ class _QNormRope(torch.autograd.Function):
     def backward(ctx, dout: Tensor):
         q, cos, sin, gain = ctx.saved_tensors
         qn, r = _normed(q)
-        u = _rotate(_wide(dout), _wide(cos), _wide(sin), ctx.k, -1.0)
+        u = apply_partial_rotary(_wide(dout), _wide(cos), -_wide(sin), ctx.k)  # R^T: the rotation by -angle
         s = (qn * u).sum(-1, keepdim=True)
         g = _wide(gain)[:, None]
         dq = (g * r) * (u - qn * (s / q.shape[-1]))
