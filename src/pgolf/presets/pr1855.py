@@ -66,6 +66,7 @@ def preset() -> RunConfig:
             fused_ce=True,  # the record's fused softcapped CE (PR #1787; FUSED_CE_ENABLED=1)
             fused_mlp=True,  # the record's fused LeakyReLU² MLP, as pgolf's Triton kernel (model/fused_mlp.py)
             fold_branch_scales=True,  # pgolf's: same math, -1.3% micro-step, -1.8 GiB (model/block.py)
+            fused_q_norm=True,  # pgolf's: same math, -1.1%/-1.5% micro-step before/after loops (model/q_norm_rope.py)
         ),
         optim=OptimConfig(
             matrix_lr=0.026, scalar_lr=0.02, tied_embed_lr=0.03,
