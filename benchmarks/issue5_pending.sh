@@ -1,22 +1,23 @@
 #!/usr/bin/env bash
 # One device call for what is built but not yet timed on a GPU, each step time-boxed:
-#   1. GPU tests of model.fused_q_norm (tests/test_q_norm_rope.py; compiled bf16 model against the plain one) and of
-#      calibration's bf16 X^T X (tests/test_quant_gptq.py);
-#   2. pr1855's micro-step (pr1855 as shipped, fold_branch_scales on) against the same with model.fused_q_norm, before
-#      the loops (progress 0.0, with one profiled step) and after them (1.0) (model_step_bench.py; attention backend
-#      from ATTN, default varlen since fa4 needs a call of its own);
-#   3. one export of the initialized pr1855 (export_time.py, GPTQ on): calibration with one X^T X for q/k/v on tensor
-#      cores (9.9 s before, export_time/export_time_pr1855_init_h200_split3000000.json), the split groups' write.
-# Turn fused_q_norm on in pr1855 only if step 2 shows it faster in both phases.
+#   1. GPU tests of model.fused_xsa_gate (tests/test_xsa_gate.py: the Triton kernels against the torch bodies, the
+#      compiled bf16 model against the plain one);
+#   2. pr1855's micro-step (as shipped) against the same with model.fused_xsa_gate, before the loops (progress 0.0,
+#      with one profiled step) and after them (1.0) (model_step_bench.py; attention backend from ATTN, default
+#      varlen since fa4 needs a call of its own);
+#   3. one export of the initialized pr1855 (export_time.py, GPTQ on): calibration, quantization and write times.
+# Turn fused_xsa_gate on in pr1855 only if step 2 shows it faster in both phases.
 #
-#   carry: .whl .carry      command: bash benchmarks/issue5_pending.sh           (about 7 minutes on one H200)
-#   env:   STEPS="1 2 3" | ATTN=varlen | PRESET=pr1855 | DATA=data/proxy_sp8192
+#   carry: .whl .carry      command: bash benchmarks/issue5_pending.sh           (about 6 minutes on one H200)
+#   env:   STEPS="1 2" | ATTN=varlen | PRESET=pr1855 | DATA=data/proxy_sp8192
+#          VARIANT=fused_xsa:model.fused_xsa_gate=true (NAME:key=value,key=value against the preset as is)
 #          SKIP_SETUP=1: do not source device_env.sh (a CPU dry run:
 #          OUT=/tmp/o SKIP_SETUP=1 PRESET=tiny DATA=data/demo_sp1024 STEPS="2 3" bash benchmarks/issue5_pending.sh)
 # Every result lands in $OUT; a step that fails or times out does not stop the next.
 set -uo pipefail
 OUT="${OUT:?set OUT}"
-STEPS="${STEPS:-1 2 3}" ATTN="${ATTN:-varlen}" PRESET="${PRESET:-pr1855}" DATA="${DATA:-data/proxy_sp8192}"
+STEPS="${STEPS:-1 2}" ATTN="${ATTN:-varlen}" PRESET="${PRESET:-pr1855}" DATA="${DATA:-data/proxy_sp8192}"
+VARIANT="${VARIANT:-fused_xsa:model.fused_xsa_gate=true}"
 mkdir -p "$OUT"
 if [ -z "${SKIP_SETUP:-}" ]; then
   source benchmarks/device_env.sh sp8192 > "$OUT/setup.log" 2>&1 || { tail -5 "$OUT/setup.log"; exit 1; }
@@ -33,16 +34,14 @@ run() {  # run NAME SECONDS CMD...: output to $OUT/NAME.log, its tail printed, r
   [ $r -eq 0 ] || { echo "$name: rc $r"; rc=1; }
 }
 if step 1; then
-  run fused_q_norm_gputests 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_q_norm_rope.py \
-    tests/test_quant_gptq.py
+  run gputests 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_xsa_gate.py
 fi
 if step 2; then
   for p in 0.0 1.0; do
     prof=(); [ "$p" = 0.0 ] && prof=(--kernels 1 --top 24)
-    run "model_step_fused_q_norm_p$p" 230 python3 benchmarks/model_step_bench.py --preset "$PRESET" --data "$DATA" \
+    run "model_step_p$p" 230 python3 benchmarks/model_step_bench.py --preset "$PRESET" --data "$DATA" \
       --device "$DEVICE" --progress "$p" --set "model.attn_backend=$ATTN" --variant base \
-      --variant fused_q_norm:model.fused_q_norm=true --warmup 3 --iters 12 "${prof[@]}" \
-      --out "$OUT/model_step_fused_q_norm_p$p.json"
+      --variant "$VARIANT" --warmup 3 --iters 12 "${prof[@]}" --out "$OUT/model_step_p$p.json"
   done
 fi
 if step 3; then

@@ -106,6 +106,9 @@ class ModelConfig:
     # q's rms_norm, RoPE and q_gain as one autograd function whose backward takes q_gain's gradient from the norm's
     # per-row dot instead of a pass over every token of q and dq (same math; model/q_norm_rope.py)
     fused_q_norm: bool = False
+    # XSA and the attention output gate as one op whose backward is one pass over d out, y and v (on CUDA a Triton
+    # kernel), instead of the several kernels autograd's composition compiles to (same math; model/xsa_gate.py)
+    fused_xsa_gate: bool = False
 
     def __post_init__(self) -> None:
         if self.model_dim % self.num_heads:
@@ -137,6 +140,8 @@ class ModelConfig:
         xsa = parse_layers(self.xsa_layers, self.num_layers, field="model.xsa_layers")
         if self.xsa_gated and not any(xsa):
             raise ValueError(f"model.xsa_gated=True needs XSA layers, but model.xsa_layers={self.xsa_layers!r}")
+        if self.fused_xsa_gate and not any(xsa):
+            raise ValueError(f"model.fused_xsa_gate=True needs XSA layers, but model.xsa_layers={self.xsa_layers!r}")
         for name in ("attn_out_gate_width", "sparse_attn_gate_width"):
             w = getattr(self, name)
             if not 0 <= w <= self.model_dim:

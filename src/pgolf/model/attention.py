@@ -8,6 +8,7 @@ and one optional per-head output gate. Data flow for one layer, x = the normed b
     y       = attend(q, k, v, ctx)                    # attn_backends.py: sdpa | flex | varlen | fa3, causal or per doc
     y       = y - c_h (y . v^) v^                     # XSA on xsa_layers; c = 1, or tanh(xsa_alpha_h) if xsa_gated
     y_h     = y_h * gate_h(x)                         # AttnOutGate | SparseAttnGate | dense gated attention
+                                                      # (XSA and gate as one op with model.fused_xsa_gate: xsa_gate.py)
     out     = y Wo                                    # zero-init
 
 Every technique is decided at __init__ from the config, so the forward has no data-dependent Python branches.
@@ -34,6 +35,7 @@ from pgolf.model.attn_rope import (
 from pgolf.model.layers import CastedLinear, rms_norm
 from pgolf.model.patterns import parse_layers
 from pgolf.model.q_norm_rope import q_norm_rope
+from pgolf.model.xsa_gate import xsa_gate
 
 
 def xsa_project_out(y: Tensor, v: Tensor, coef: Tensor | None = None) -> Tensor:
@@ -83,6 +85,7 @@ class CausalSelfAttention(nn.Module):
         # everything off draws exactly the baseline's random stream.
         self.use_xsa = parse_layers(cfg.xsa_layers, cfg.num_layers, field="model.xsa_layers")[layer]
         self.xsa_gated = self.use_xsa and cfg.xsa_gated
+        self.fused_xsa_gate = self.use_xsa and cfg.fused_xsa_gate
         if self.xsa_gated:
             # Gated XSA (PR #2018 / #2123, modded-nanogpt #264): y - tanh(alpha_h)(y.v^)v^, alpha zero-init.
             # #2123's comment says step 0 equals plain XSA, but tanh(0) = 0: XSA starts OFF and is learned per head.
@@ -120,10 +123,14 @@ class CausalSelfAttention(nn.Module):
             q = q_norm_rope(q, cos, sin, self.rope_dims, gain)
         else:
             q = apply_partial_rotary(rms_norm(q), cos, sin, self.rope_dims) * gain.to(q.dtype)[None, None, :, None]
-        v = v.transpose(1, 2)
-        y = attend(q.transpose(1, 2), k.transpose(1, 2), v, ctx, self.backend)  # (B, H, T, hd)
+        y = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), ctx, self.backend)  # (B, H, T, hd)
+        if self.fused_xsa_gate:  # the same function; one pass each way on CUDA
+            gate = self._gate(x) if self.gate_kind != "none" else None
+            coef = torch.tanh(self.xsa_alpha).to(y.dtype) if self.xsa_gated else None
+            return self.proj(xsa_gate(y.transpose(1, 2), v, gate, coef).view(B, T, D), out_scale)
         if self.use_xsa:
-            y = xsa_project_out(y, v, torch.tanh(self.xsa_alpha).to(y.dtype) if self.xsa_gated else None)
+            coef = torch.tanh(self.xsa_alpha).to(y.dtype) if self.xsa_gated else None
+            y = xsa_project_out(y, v.transpose(1, 2), coef)
         if self.gate_kind != "none":
             y = y * self._gate(x).transpose(1, 2)[..., None]
         return self.proj(y.transpose(1, 2).reshape(B, T, D), out_scale)

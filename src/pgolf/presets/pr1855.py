@@ -17,8 +17,11 @@ Optimizer: Muon with Polar Express (5 steps), row-normalized updates (MuonEq-R),
 Export: GPTQ (16 calibration batches, 0.5 s reserve) int6 matrices / int7 embedding with SDClip k = 13 (attention),
 11.5 (MLP), 14 (embedding), 12.85 (other); LQER asymmetric rank 4 on the top 3 tensors (group 64); attention gates
 int8 per row; control tensors fp16; per-group compression. pgolf adds the budget fitter with alpha >= 1 (acts only
-when the artifact is over the limit) and folds the branch scales into the output projections (same math, +1.4%
-tokens/s on an H200: benchmarks/results/throughput_pgolf_h200_fold_{off,on}.json).
+when the artifact is over the limit) and three rewrites of the same math, each measured on an H200 with fa4 and
+CUDA graphs within one call: the branch scales folded into the output projections (+1.4% tokens/s,
+benchmarks/results/throughput_pgolf_h200_fold_{off,on}.json), q's norm, RoPE and gain as one function (+1.5%,
+throughput_pgolf_h200_fused_q_norm_{off,on}.json) and XSA with the output gate as one Triton op each way (+1.9%
+before and after the loops, throughput_pgolf_h200_fused_xsa_gate_{off_cut,on}.json).
 
 Not reproduced (yet) by pgolf, so this preset is the record's training recipe, not its score:
 - CaseOps tokenizer and byte sidecar (record: ``CASEOPS_ENABLED=1``); here the plain sp8192 tokenizer.
@@ -67,6 +70,7 @@ def preset() -> RunConfig:
             fused_mlp=True,  # the record's fused LeakyReLU² MLP, as pgolf's Triton kernel (model/fused_mlp.py)
             fold_branch_scales=True,  # pgolf's: same math, -1.3% micro-step, -1.8 GiB (model/block.py)
             fused_q_norm=True,  # pgolf's: same math, -1.1%/-1.5% micro-step before/after loops (model/q_norm_rope.py)
+            fused_xsa_gate=True,  # pgolf's: same math, +1.9% tokens/s before and after loops (model/xsa_gate.py)
         ),
         optim=OptimConfig(
             matrix_lr=0.026, scalar_lr=0.02, tied_embed_lr=0.03,

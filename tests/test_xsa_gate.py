@@ -1,0 +1,158 @@
+"""model.fused_xsa_gate (model/xsa_gate.py): XSA and the output gate as one op with a one-pass backward.
+float64 gradcheck with and without gate / coef, the same values and gradients as the composed ops
+(attention.xsa_project_out, then the gate), the model switch for each gate kind, fullgraph compile; on a GPU the
+Triton kernels against the torch bodies and the compiled bf16 model against the plain one."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from conftest import (
+    assert_grads_aligned,
+    compiled_bf16_loss_and_grads,
+    loss_and_grads,
+    perturbed_gpt,
+)
+
+from pgolf.config import ModelConfig
+from pgolf.model.attention import xsa_project_out
+from pgolf.model.xsa_gate import xsa_gate
+
+FLAGS = list(itertools.product([False, True], [False, True]))  # (gate, coef)
+
+
+def sample(gate: bool, coef: bool, dtype=torch.float64, shape=(2, 5, 4, 2, 8), seed=0, device="cpu"):
+    """y (B, T, H, D) as attention's transposed view, v (B, T, Hkv, D) as a slice of a fused qkv output (one
+    token's v exactly zero, where v^ is clamped), gate (B, T, H) in (0, 1), coef (H,)."""
+    B, T, H, Hkv, D = shape
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randn(B, H, T, D, generator=g, dtype=dtype).transpose(1, 2)
+    v = torch.randn(B, T, 3 * Hkv, D, generator=g, dtype=dtype)[:, :, Hkv:2 * Hkv]
+    v[0, 1, 0] = 0.0
+    gt = torch.rand(B, T, H, generator=g, dtype=dtype) if gate else None
+    ct = torch.randn(H, generator=g, dtype=dtype) if coef else None
+    return [t if t is None else t.to(device).requires_grad_() for t in (y, v, gt, ct)]
+
+
+def composed(y, v, gate, coef):
+    out = xsa_project_out(y.transpose(1, 2), v.transpose(1, 2), coef)
+    if gate is not None:
+        out = out * gate.transpose(1, 2)[..., None]
+    return out.transpose(1, 2)
+
+
+@pytest.mark.parametrize("gate,coef", FLAGS)
+def test_gradcheck(gate, coef):
+    y, v, g, c = sample(gate, coef)
+    v.data[0, 1, 0] = 0.3  # gradcheck's finite differences straddle the clamp at |v| = 0: check it elsewhere
+    args = [t for t in (y, v, g, c) if t is not None]
+
+    def fn(*a):
+        it = iter(a)
+        return xsa_gate(next(it), next(it), next(it) if gate else None, next(it) if coef else None)
+
+    assert torch.autograd.gradcheck(fn, args)
+
+
+@pytest.mark.parametrize("gate,coef", FLAGS)
+def test_matches_composed_ops(gate, coef):
+    y, v, g, c = sample(gate, coef, dtype=torch.float32, seed=1)
+    inputs = [t for t in (y, v, g, c) if t is not None]
+    out = xsa_gate(y, v, g, c)
+    ref = composed(y, v, g, c)
+    assert out.shape == y.shape and out.is_contiguous()
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    for a, b in zip(torch.autograd.grad(out, inputs, dout), torch.autograd.grad(ref, inputs, dout)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_xsa_removes_the_value_direction():
+    """Without gate and coef each head's output is orthogonal to its own KV head's value (a wrong group mapping
+    or a dropped term fails this)."""
+    y, v, _, _ = sample(False, False, dtype=torch.float32, shape=(1, 6, 6, 3, 16), seed=3)
+    out = xsa_gate(y, v).detach().reshape(1, 6, 3, 2, 16)
+    dots = (out * v.detach().unsqueeze(3)).sum(-1)
+    assert dots.abs().max() < 1e-5
+    assert (out - y.detach().reshape(1, 6, 3, 2, 16)).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("gate_kw", [{}, {"sparse_attn_gate_width": 4, "sparse_attn_gate_scale": 0.5},
+                                     {"attn_out_gate_width": 4}, {"gated_attn": True}])
+@pytest.mark.parametrize("xsa_gated", [False, True])
+def test_model_switch_same_loss_and_gradients(gate_kw, xsa_gated):
+    kw = {"rope_dims": 4, "xsa_layers": "last:1", "xsa_gated": xsa_gated, **gate_kw}
+    base, fused = perturbed_gpt(**kw), perturbed_gpt(**kw, fused_xsa_gate=True)
+    fused.load_state_dict(base.state_dict())
+    assert [b.attn.fused_xsa_gate for b in fused.blocks] == [False, True]
+    assert not any(b.attn.fused_xsa_gate for b in base.blocks)
+    x = torch.randint(2, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+    y = torch.roll(x, -1, 1)
+    lb, gb = loss_and_grads(base, x, y)
+    lf, gf = loss_and_grads(fused, x, y)
+    torch.testing.assert_close(lf, lb, atol=1e-6, rtol=1e-6)
+    assert gf.keys() == gb.keys()
+    for name in gb:
+        torch.testing.assert_close(gf[name], gb[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_fullgraph_compile_matches_eager():
+    y, v, g, c = sample(True, True, dtype=torch.float32, seed=4)
+    fn = torch.compile(xsa_gate, fullgraph=True, backend="aot_eager")
+    out = fn(y, v, g, c)
+    torch.testing.assert_close(out, xsa_gate(y, v, g, c))
+    got = torch.autograd.grad(out.square().sum(), (y, v, g, c))
+    want = torch.autograd.grad(composed(y, v, g, c).square().sum(), (y, v, g, c))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_needs_xsa_layers():
+    with pytest.raises(ValueError, match="fused_xsa_gate=True needs XSA layers"):
+        ModelConfig(fused_xsa_gate=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("gate,coef", FLAGS)
+def test_gpu_triton_matches_torch_body(gate, coef, dtype):
+    from pgolf.model import xsa_gate as op
+
+    y, v, g, c = (t if t is None else t.detach().to(dtype)
+                  for t in sample(gate, coef, torch.float32, shape=(2, 96, 8, 4, 64), seed=6, device="cuda"))
+    assert op.uses_triton(y)
+    dout = torch.randn(y.shape, device="cuda", dtype=dtype)
+    op.HAS_TRITON = False
+    try:
+        ref = (op._xsa_gate(y, v, g, c), *op._xsa_gate_bwd(dout, y, v, g, c))
+    finally:
+        op.HAS_TRITON = True
+    got = (op._xsa_gate(y, v, g, c), *op._xsa_gate_bwd(dout, y, v, g, c))
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 3e-2, "rtol": 2e-2}
+    for name, a, b in zip(("out", "dy", "dv", "dgate", "dcoef"), got, ref):
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        torch.testing.assert_close(a.float(), b.float(), msg=name, **tol)
+
+
+@pytest.mark.gpu
+def test_gpu_compiled_bf16_model_matches_plain():
+    kw = {"rope_dims": 4, "xsa_layers": "all", "xsa_gated": True, "sparse_attn_gate_width": 4}
+    base, fused = perturbed_gpt(**kw).cuda(), perturbed_gpt(**kw, fused_xsa_gate=True).cuda()
+    fused.load_state_dict(base.state_dict())
+    x = torch.randint(2, 64, (4, 64), generator=torch.Generator().manual_seed(5)).cuda()
+    y = torch.roll(x, -1, 1)
+    (lb, gb), (lf, gf) = (compiled_bf16_loss_and_grads(m, x, y) for m in (base, fused))
+    torch.testing.assert_close(lf, lb, atol=2e-2, rtol=1e-2)
+    assert_grads_aligned(gf, gb)
+
+
+@pytest.mark.parametrize("gate,coef", FLAGS)
+def test_opcheck_fake_and_autograd_registration(gate, coef):
+    """torch.library.opcheck: schema, fake tensors (shapes and strides as the real op's), autograd registration."""
+    y, v, g, c = sample(gate, coef, dtype=torch.float32, seed=7)
+    torch.library.opcheck(torch.ops.pgolf.xsa_gate.default, (y, v, g, c))
+    dout = torch.randn(y.shape)
+    torch.library.opcheck(torch.ops.pgolf.xsa_gate_bwd.default, tuple(t if t is None else t.detach()
+                                                                      for t in (dout, y, v, g, c)))
