@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import random
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -181,3 +184,15 @@ def position_shards(directory, sizes) -> list:
         files.append(write_shard(shard_path(directory, "train", i), np.arange(start, start + n)))
         start += n
     return files
+
+
+needs_triton_interpreter = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                                              reason="needs triton (TRITON_INTERPRET=1 runs on CPU)")
+
+
+def run_in_triton_interpreter(code: str) -> None:
+    """Run `code` in a fresh Python with TRITON_INTERPRET=1 (Triton kernels on the CPU); it must print "ok"."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600,
+                       check=False)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

@@ -9,7 +9,7 @@ import importlib.util
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import loss_and_grads
+from conftest import loss_and_grads, needs_triton_interpreter, run_in_triton_interpreter
 from conftest import perturbed_gpt as model
 
 from pgolf.config import ModelConfig
@@ -146,16 +146,9 @@ print("ok")
 """
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton (TRITON_INTERPRET=1 runs on CPU)")
+@needs_triton_interpreter
 def test_triton_kernel_in_the_interpreter():
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    r = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, capture_output=True, text=True, timeout=600,
-                       check=False)
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+    run_in_triton_interpreter(INTERPRETED)
 
 
 def test_vocab_past_the_kernels_tile_is_refused():

@@ -9,6 +9,7 @@ import importlib.util
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import needs_triton_interpreter, run_in_triton_interpreter
 
 from pgolf.config import ModelConfig
 from pgolf.model import fused_mlp as fm
@@ -234,15 +235,9 @@ print("ok")
 """
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton (TRITON_INTERPRET=1 runs on CPU)")
-def test_triton_kernel_in_the_interpreter(tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    r = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+@needs_triton_interpreter
+def test_triton_kernel_in_the_interpreter():
+    run_in_triton_interpreter(INTERPRETED)
 
 
 def test_bench_writes_json_on_cpu(tmp_path):

@@ -1,5 +1,7 @@
-"""model.fused_q_norm (model/q_norm_rope.py): q's rms_norm, partial RoPE and q_gain as one autograd function.
-float64 gradcheck, the same values and gradients as the composed ops, the model switch on and off, fullgraph compile."""
+"""model.fused_q_norm (model/q_norm_rope.py): q's rms_norm, partial RoPE and q_gain as one autograd function;
+model.norm_rope_kernel: the same math for q and k as custom ops (Triton on CUDA). float64 gradcheck, the same
+values and gradients as the composed ops, opcheck, the model switches on and off, fullgraph compile; on a GPU the
+Triton kernels against the torch bodies and the compiled bf16 model against the plain one."""
 
 from __future__ import annotations
 
@@ -9,12 +11,14 @@ from conftest import (
     assert_grads_aligned,
     compiled_bf16_loss_and_grads,
     loss_and_grads,
+    needs_triton_interpreter,
     perturbed_gpt,
+    run_in_triton_interpreter,
 )
 
 from pgolf.model.attn_rope import apply_partial_rotary, rope_inv_freq, rope_tables
 from pgolf.model.layers import rms_norm
-from pgolf.model.q_norm_rope import q_norm_rope
+from pgolf.model.q_norm_rope import norm_rope, q_norm_rope
 
 
 def tables(T: int, k: int, dtype=torch.float64):
@@ -99,3 +103,117 @@ def test_gpu_compiled_bf16_model_matches_plain():
     (lb, gb), (lf, gf) = (compiled_bf16_loss_and_grads(m, x, y) for m in (base, fused))
     torch.testing.assert_close(lf, lb, atol=2e-2, rtol=1e-2)
     assert_grads_aligned(gf, gb)
+
+
+def strided(q):
+    """q as a (B, T, H, hd) slice of a wider projection output (the layout of a fused qkv split)."""
+    wide = torch.cat([q.detach(), torch.zeros_like(q)], dim=2)
+    return wide[:, :, : q.shape[2]].requires_grad_()
+
+
+@pytest.mark.parametrize("with_gain", [False, True])
+@pytest.mark.parametrize("k", [2, 8])
+def test_norm_rope_op_gradcheck(k, with_gain):
+    q, cos, sin, gain = sample(k)
+    q = strided(q)
+    args = (q, gain) if with_gain else (q,)
+    assert torch.autograd.gradcheck(lambda *a: norm_rope(a[0], cos, sin, k, a[1] if with_gain else None), args)
+
+
+@pytest.mark.parametrize("with_gain", [False, True])
+def test_norm_rope_op_matches_composed_ops_and_opcheck(with_gain):
+    q, cos, sin, gain = sample(4, seed=5, dtype=torch.float32)
+    g = gain if with_gain else None
+    out = norm_rope(q, cos, sin, 4, g)
+    ref = composed(q, cos, sin, 4, gain if with_gain else torch.ones_like(gain))
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(6))
+    inputs = (q, gain) if with_gain else (q,)
+    for a, b in zip(torch.autograd.grad(out, inputs, dout), torch.autograd.grad(ref, inputs, dout)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.library.opcheck(torch.ops.pgolf.norm_rope.default, (strided(q), cos, sin, g, 4))
+    torch.library.opcheck(torch.ops.pgolf.norm_rope_bwd.default,
+                          (dout, q.detach(), cos, sin, None if g is None else g.detach(), 4))
+
+
+@pytest.mark.parametrize("fused_q_norm", [False, True])
+def test_norm_rope_kernel_switch_same_loss_and_gradients(fused_q_norm):
+    kw = {"rope_dims": 4, "xsa_layers": "all"}
+    base = perturbed_gpt(**kw)
+    fused = perturbed_gpt(**kw, norm_rope_kernel=True, fused_q_norm=fused_q_norm)
+    fused.load_state_dict(base.state_dict())
+    assert fused.blocks[0].attn.norm_rope_kernel and not base.blocks[0].attn.norm_rope_kernel
+    x = torch.randint(2, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+    y = torch.roll(x, -1, 1)
+    lb, gb = loss_and_grads(base, x, y)
+    lf, gf = loss_and_grads(fused, x, y)
+    torch.testing.assert_close(lf, lb, atol=1e-6, rtol=1e-6)
+    assert gf.keys() == gb.keys() and any("q_gain" in n for n in gb)
+    for name in gb:
+        torch.testing.assert_close(gf[name], gb[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("with_gain", [False, True])
+@pytest.mark.parametrize("k", [16, 64])
+def test_gpu_norm_rope_triton_matches_torch_body(k, with_gain, dtype):
+    from pgolf.model import q_norm_rope as op
+
+    g = torch.Generator().manual_seed(8)
+    q = (3.0 * torch.randn(2, 96, 16, 64, generator=g))[:, :, 4:12].cuda().to(dtype)  # strided, 8 heads
+    cos, sin = (t.cuda().to(dtype) for t in tables(96, k, torch.float32))
+    gain = torch.randn(8, generator=g).cuda() if with_gain else None
+    dout = torch.randn(q.shape, generator=g).cuda().to(dtype)
+    assert op.uses_triton(q, cos)
+    op.HAS_TRITON = False
+    try:
+        ref = (op._norm_rope(q, cos, sin, gain, k), *op._norm_rope_bwd(dout, q, cos, sin, gain, k))
+    finally:
+        op.HAS_TRITON = True
+    got = (op._norm_rope(q, cos, sin, gain, k), *op._norm_rope_bwd(dout, q, cos, sin, gain, k))
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 3e-2, "rtol": 2e-2}
+    for name, a, b in zip(("out", "dq", "dot"), got, ref):
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        torch.testing.assert_close(a.float(), b.float(), msg=name, **tol)
+
+
+@pytest.mark.gpu
+def test_gpu_compiled_bf16_model_with_norm_rope_kernel_matches_plain():
+    kw = {"rope_dims": 4, "xsa_layers": "all", "sparse_attn_gate_width": 4}
+    base, fused = perturbed_gpt(**kw).cuda(), perturbed_gpt(**kw, norm_rope_kernel=True).cuda()
+    fused.load_state_dict(base.state_dict())
+    x = torch.randint(2, 64, (4, 64), generator=torch.Generator().manual_seed(9)).cuda()
+    y = torch.roll(x, -1, 1)
+    (lb, gb), (lf, gf) = (compiled_bf16_loss_and_grads(m, x, y) for m in (base, fused))
+    torch.testing.assert_close(lf, lb, atol=2e-2, rtol=1e-2)
+    assert_grads_aligned(gf, gb)
+
+
+# --- CPU, where triton is installed: the kernels' indexing and math in Triton's interpreter ---
+
+INTERPRETED = """
+import torch
+from pgolf.model import q_norm_rope as op, q_norm_rope_triton as k
+from pgolf.model.attn_rope import rope_inv_freq, rope_tables
+torch.manual_seed(0)
+B, T, H, D = 2, 6, 3, 16  # 36 rows: the second program of 32 rows is partly masked
+for rope_dims in (4, 8, 16):
+    cos, sin = (t.transpose(1, 2) for t in rope_tables(T, rope_inv_freq(rope_dims, 10000.0), torch.float32))
+    for gain in (None, torch.randn(H)):
+        x = (3 * torch.randn(B, T, 2 * H, D))[:, :, H:]  # strided
+        dout = torch.randn(B, H, T, D).transpose(1, 2)
+        torch.testing.assert_close(k.forward(x, cos, sin, gain, rope_dims), op._norm_rope(x, cos, sin, gain, rope_dims),
+                                   atol=1e-5, rtol=1e-5)
+        got, want = k.backward(dout, x, cos, sin, gain, rope_dims), op._norm_rope_bwd(dout, x, cos, sin, gain, rope_dims)
+        for a, b in zip(got, want):
+            assert a.shape == b.shape and a.dtype == b.dtype
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+print("ok")
+"""
+
+
+@needs_triton_interpreter
+def test_triton_kernels_in_the_interpreter():
+    run_in_triton_interpreter(INTERPRETED)

@@ -13,7 +13,9 @@ from conftest import (
     assert_grads_aligned,
     compiled_bf16_loss_and_grads,
     loss_and_grads,
+    needs_triton_interpreter,
     perturbed_gpt,
+    run_in_triton_interpreter,
 )
 
 from pgolf.config import ModelConfig
@@ -156,3 +158,31 @@ def test_opcheck_fake_and_autograd_registration(gate, coef):
     dout = torch.randn(y.shape)
     torch.library.opcheck(torch.ops.pgolf.xsa_gate_bwd.default, tuple(t if t is None else t.detach()
                                                                       for t in (dout, y, v, g, c)))
+
+
+# --- CPU, where triton is installed: the kernels' indexing and math in Triton's interpreter ---
+
+INTERPRETED = """
+import torch
+from pgolf.model import xsa_gate as op, xsa_gate_triton as k
+torch.manual_seed(0)
+B, T, H, Hkv, D = 2, 5, 6, 2, 16  # groups of 3; 20 rows, so the last program of 32 rows is partly masked
+for gate in (False, True):
+    for coef in (False, True):
+        y = torch.randn(B, H, T, D).transpose(1, 2)  # attention's transposed view
+        v = torch.randn(B, T, 3 * Hkv, D)[:, :, Hkv:2 * Hkv]  # a slice of a fused qkv output
+        v[0, 1, 1] = 0.0
+        g = torch.rand(B, T, H) if gate else None
+        c = torch.randn(H) if coef else None
+        dout = torch.randn(B, T, H, D)
+        torch.testing.assert_close(k.forward(y, v, g, c), op._xsa_gate(y, v, g, c), atol=1e-5, rtol=1e-5)
+        for a, b in zip(k.backward(dout, y, v, g, c), op._xsa_gate_bwd(dout, y, v, g, c)):
+            assert a.shape == b.shape and a.dtype == b.dtype
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+print("ok")
+"""
+
+
+@needs_triton_interpreter
+def test_triton_kernels_in_the_interpreter():
+    run_in_triton_interpreter(INTERPRETED)

@@ -106,6 +106,9 @@ class ModelConfig:
     # q's rms_norm, RoPE and q_gain as one autograd function whose backward takes q_gain's gradient from the norm's
     # per-row dot instead of a pass over every token of q and dq (same math; model/q_norm_rope.py)
     fused_q_norm: bool = False
+    # q's and k's norm + RoPE (+ q_gain) as custom ops, on CUDA one Triton pass each way with the output written
+    # once, contiguous (same math; model/q_norm_rope.py, q_norm_rope_triton.py); supersedes fused_q_norm
+    norm_rope_kernel: bool = False
     # XSA and the attention output gate as one op whose backward is one pass over d out, y and v (on CUDA a Triton
     # kernel), instead of the several kernels autograd's composition compiles to (same math; model/xsa_gate.py)
     fused_xsa_gate: bool = False

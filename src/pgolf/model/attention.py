@@ -4,7 +4,8 @@ and one optional per-head output gate. Data flow for one layer, x = the normed b
     q, k, v = x Wq, x Wk, x Wv                      # H query heads, Hkv <= H key/value heads (GQA)
     q, k    = rope(rms_norm(q)), rope(rms_norm(k))    # attn_rope.py: first rope_dims dims, ntk / yarn past L_train
     q       = q * q_gain_h                            # learned per-head gain, init qk_gain_init (q's three steps as
-                                                      # one function with model.fused_q_norm: q_norm_rope.py)
+                                                      # one function with model.fused_q_norm, q's and k's as
+                                                      # Triton ops with model.norm_rope_kernel: q_norm_rope.py)
     y       = attend(q, k, v, ctx)                    # attn_backends.py: sdpa | flex | varlen | fa3, causal or per doc
     y       = y - c_h (y . v^) v^                     # XSA on xsa_layers; c = 1, or tanh(xsa_alpha_h) if xsa_gated
     y_h     = y_h * gate_h(x)                         # AttnOutGate | SparseAttnGate | dense gated attention
@@ -34,7 +35,7 @@ from pgolf.model.attn_rope import (
 )
 from pgolf.model.layers import CastedLinear, rms_norm
 from pgolf.model.patterns import parse_layers
-from pgolf.model.q_norm_rope import q_norm_rope
+from pgolf.model.q_norm_rope import norm_rope, q_norm_rope
 from pgolf.model.xsa_gate import xsa_gate
 
 
@@ -66,7 +67,7 @@ class CausalSelfAttention(nn.Module):
         # RoPE: full or partial (first rope_dims dims), NTK / YaRN scaling past rope_train_seq_len.
         self.rope_base = cfg.rope_base
         self.rope_dims = cfg.rope_dims or cfg.head_dim
-        self.fused_q_norm = cfg.fused_q_norm
+        self.fused_q_norm, self.norm_rope_kernel = cfg.fused_q_norm, cfg.norm_rope_kernel
         self.rope_scaling, self.rope_train_len = cfg.rope_scaling, cfg.rope_train_seq_len
         # cos/sin up to the training length, computed once: every scaling is the identity there, and a compiled
         # step then reads a (T, k/2) table instead of recomputing cos/sin in its kernels (as record #1855 caches
@@ -118,11 +119,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.project_qkv(x)
         cos, sin, temp = self.rotary(T, q.dtype)
         gain = self.q_gain if temp == 1.0 else self.q_gain * temp  # YaRN temperature; T is static under compile
-        k = apply_partial_rotary(rms_norm(k), cos, sin, self.rope_dims)
-        if self.fused_q_norm:  # the same function; the backward shares the norm's dot with q_gain's gradient
-            q = q_norm_rope(q, cos, sin, self.rope_dims, gain)
-        else:
-            q = apply_partial_rotary(rms_norm(q), cos, sin, self.rope_dims) * gain.to(q.dtype)[None, None, :, None]
+        q, k = self.norm_rope_qk(q, k, cos, sin, gain)
         y = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), ctx, self.backend)  # (B, H, T, hd)
         if self.fused_xsa_gate:  # the same function; one pass each way on CUDA
             gate = self._gate(x) if self.gate_kind != "none" else None
@@ -134,6 +131,17 @@ class CausalSelfAttention(nn.Module):
         if self.gate_kind != "none":
             y = y * self._gate(x).transpose(1, 2)[..., None]
         return self.proj(y.transpose(1, 2).reshape(B, T, D), out_scale)
+
+    def norm_rope_qk(self, q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, gain: Tensor) -> tuple[Tensor, Tensor]:
+        """gain_h RoPE(rms_norm(q)) and RoPE(rms_norm(k)): composed ops; or q through one autograd function whose
+        backward shares the norm's dot with q_gain's gradient (fused_q_norm); or both through the custom ops,
+        Triton on CUDA (norm_rope_kernel). The same function each way."""
+        if self.norm_rope_kernel:
+            return norm_rope(q, cos, sin, self.rope_dims, gain), norm_rope(k, cos, sin, self.rope_dims)
+        k = apply_partial_rotary(rms_norm(k), cos, sin, self.rope_dims)
+        if self.fused_q_norm:
+            return q_norm_rope(q, cos, sin, self.rope_dims, gain), k
+        return apply_partial_rotary(rms_norm(q), cos, sin, self.rope_dims) * gain.to(q.dtype)[None, None, :, None], k
 
     def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q (B, T, H, hd), k and v (B, T, Hkv, hd). ``model.fused_qkv``: one GEMM over the stacked weights, so

@@ -112,8 +112,8 @@ def _launch_args(y, v, gate, coef):
     B, T, H, D = y.shape
     hkv = v.shape[2]
     n_rows = B * T * hkv
-    meta = dict(G=H // hkv, D=D, ROWS=ROWS, HAS_GATE=gate is not None, HAS_COEF=coef is not None, EPS=NORM_EPS,
-                num_warps=4)
+    meta = {"G": H // hkv, "D": D, "ROWS": ROWS, "HAS_GATE": gate is not None, "HAS_COEF": coef is not None,
+            "EPS": NORM_EPS, "num_warps": 4}
     return (triton.cdiv(n_rows, ROWS),), n_rows, T, hkv, meta
 
 
