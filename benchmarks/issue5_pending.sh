@@ -5,19 +5,21 @@
 #   2. pr1855's micro-step (as shipped) against the same with model.norm_rope_kernel, before the loops (progress
 #      0.0, with one profiled step) and after them (1.0) (model_step_bench.py; attention backend from ATTN, default
 #      varlen since fa4 needs a call of its own);
-#   3. one export of the initialized pr1855 (export_time.py, GPTQ on): calibration, quantization and write times.
+#   3. one export of the initialized pr1855 (export_time.py, GPTQ on): calibration, quantization and write times;
+#   4. the row-op kernels alone (rowop_bench.py --sweep): xsa_gate and norm_rope against inductor's composed ops,
+#      GB/s, and each Triton kernel at 9 launch shapes (rows per program x warps) to pick their defaults.
 # Turn norm_rope_kernel on in pr1855 only if step 2 shows it faster in both phases (then a whole run with fa4 and
 # CUDA graphs: issue5_throughput.sh).
 #
-#   carry: .whl .carry      command: bash benchmarks/issue5_pending.sh           (about 6 minutes on one H200)
-#   env:   STEPS="1 2" | ATTN=varlen | PRESET=pr1855 | DATA=data/proxy_sp8192 | TESTS=tests/test_q_norm_rope.py
+#   carry: .whl .carry      command: bash benchmarks/issue5_pending.sh           (about 8 minutes on one H200)
+#   env:   STEPS="1 2 4" | ATTN=varlen | PRESET=pr1855 | DATA=data/proxy_sp8192 | TESTS=tests/test_q_norm_rope.py
 #          VARIANT=nrk:model.norm_rope_kernel=true (NAME:key=value,key=value against the preset as is)
 #          SKIP_SETUP=1: do not source device_env.sh (a CPU dry run:
 #          OUT=/tmp/o SKIP_SETUP=1 PRESET=tiny DATA=data/demo_sp1024 STEPS="2 3" bash benchmarks/issue5_pending.sh)
 # Every result lands in $OUT; a step that fails or times out does not stop the next.
 set -uo pipefail
 OUT="${OUT:?set OUT}"
-STEPS="${STEPS:-1 2}" ATTN="${ATTN:-varlen}" PRESET="${PRESET:-pr1855}" DATA="${DATA:-data/proxy_sp8192}"
+STEPS="${STEPS:-1 2 4}" ATTN="${ATTN:-varlen}" PRESET="${PRESET:-pr1855}" DATA="${DATA:-data/proxy_sp8192}"
 VARIANT="${VARIANT:-nrk:model.norm_rope_kernel=true}" TESTS="${TESTS:-tests/test_q_norm_rope.py}"
 mkdir -p "$OUT"
 if [ -z "${SKIP_SETUP:-}" ]; then
@@ -47,5 +49,8 @@ if step 2; then
 fi
 if step 3; then
   run export_time 150 python3 benchmarks/export_time.py --preset "$PRESET" --data "$DATA" --out "$OUT/export_time.json"
+fi
+if step 4; then
+  run rowop_bench 200 python3 benchmarks/rowop_bench.py --device "$DEVICE" --sweep --out "$OUT/rowop_bench.json"
 fi
 exit $rc

@@ -186,3 +186,20 @@ print("ok")
 @needs_triton_interpreter
 def test_triton_kernels_in_the_interpreter():
     run_in_triton_interpreter(INTERPRETED)
+
+
+def test_rowop_bench_writes_json_on_cpu(tmp_path):
+    """benchmarks/rowop_bench.py end to end on CPU (torch bodies; the sweep reports that it needs CUDA)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import rowop_bench
+
+    out = tmp_path / "rowop.json"
+    rc = rowop_bench.main(["--device", "cpu", "--dtype", "fp32", "--tokens", "128", "--seq-len", "64", "--warmup",
+                           "1", "--iters", "2", "--variants", "xsa_op", "k_op", "--sweep", "--out", str(out)])
+    r = json.loads(out.read_text())
+    assert rc == 0 and [x["variant"] for x in r["results"]] == ["xsa_op", "k_op"]
+    assert all(x["gb_per_s"] > 0 for x in r["results"]) and r["sweep"] == [{"error": "needs CUDA and triton"}]

@@ -79,25 +79,28 @@ def _check(k: int, *ts: torch.Tensor) -> None:
         raise ValueError(f"q_norm_rope_triton: rope_dims={k} must be even and within head_dim={ts[0].shape[-1]}")
 
 
-def _meta(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, gain, k: int):
+def _meta(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, gain, k: int, rows: int, num_warps: int):
     B, T, H, D = x.shape
     n_rows = B * T * H
     eps = torch.finfo(torch.promote_types(x.dtype, torch.float32)).eps  # F.rms_norm's default, as _normed
-    meta = {"D": D, "K": k, "ROWS": ROWS, "HAS_GAIN": gain is not None, "num_warps": 4}
-    return (triton.cdiv(n_rows, ROWS),), (n_rows, T, H), (cos.stride(1), sin.stride(1), eps), meta
+    meta = {"D": D, "K": k, "ROWS": rows, "HAS_GAIN": gain is not None, "num_warps": num_warps}
+    return (triton.cdiv(n_rows, rows),), (n_rows, T, H), (cos.stride(1), sin.stride(1), eps), meta
 
 
-def forward(x, cos, sin, gain, k: int) -> torch.Tensor:
+def forward(x, cos, sin, gain, k: int, rows: int = ROWS, num_warps: int = 4) -> torch.Tensor:
+    """out (B, T, H, hd); rows / num_warps: the launch shape (benchmarks/rowop_bench.py sweeps them)."""
     _check(k, x, cos, sin)
-    grid, dims, tail, meta = _meta(x, cos, sin, gain, k)
+    grid, dims, tail, meta = _meta(x, cos, sin, gain, k, rows, num_warps)
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     norm_rope_fwd_kernel[grid](x, cos, sin, gain, out, *dims, x.stride(0), x.stride(1), x.stride(2), *tail, **meta)
     return out
 
 
-def backward(dout, x, cos, sin, gain, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def backward(dout, x, cos, sin, gain, k: int, rows: int = ROWS,
+             num_warps: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d x, q^ . R^T(d out) per row); rows / num_warps as in forward."""
     _check(k, dout, x, cos, sin)
-    grid, dims, tail, meta = _meta(x, cos, sin, gain, k)
+    grid, dims, tail, meta = _meta(x, cos, sin, gain, k, rows, num_warps)
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     ds = torch.empty(x.shape[:3] if gain is not None else (0,), dtype=torch.float32, device=x.device)
     norm_rope_bwd_kernel[grid](dout, x, cos, sin, gain, dx, ds, *dims, dout.stride(0), dout.stride(1),

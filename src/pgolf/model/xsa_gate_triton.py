@@ -106,29 +106,32 @@ def _checked(*ts: torch.Tensor) -> None:
             raise ValueError(f"xsa_gate_triton: the head dimension must be contiguous, got strides {t.stride()}")
 
 
-def _launch_args(y, v, gate, coef):
+def _launch_args(y, v, gate, coef, rows: int, num_warps: int):
     from pgolf.model.xsa_gate import NORM_EPS
 
     B, T, H, D = y.shape
     hkv = v.shape[2]
     n_rows = B * T * hkv
-    meta = {"G": H // hkv, "D": D, "ROWS": ROWS, "HAS_GATE": gate is not None, "HAS_COEF": coef is not None,
-            "EPS": NORM_EPS, "num_warps": 4}
-    return (triton.cdiv(n_rows, ROWS),), n_rows, T, hkv, meta
+    meta = {"G": H // hkv, "D": D, "ROWS": rows, "HAS_GATE": gate is not None, "HAS_COEF": coef is not None,
+            "EPS": NORM_EPS, "num_warps": num_warps}
+    return (triton.cdiv(n_rows, rows),), n_rows, T, hkv, meta
 
 
-def forward(y: torch.Tensor, v: torch.Tensor, gate: torch.Tensor | None, coef: torch.Tensor | None) -> torch.Tensor:
+def forward(y: torch.Tensor, v: torch.Tensor, gate: torch.Tensor | None, coef: torch.Tensor | None,
+            rows: int = ROWS, num_warps: int = 4) -> torch.Tensor:
+    """out (B, T, H, D); rows / num_warps: the launch shape (benchmarks/rowop_bench.py sweeps them)."""
     _checked(y, v)
-    grid, n_rows, T, hkv, meta = _launch_args(y, v, gate, coef)
+    grid, n_rows, T, hkv, meta = _launch_args(y, v, gate, coef, rows, num_warps)
     out = torch.empty(y.shape, dtype=y.dtype, device=y.device)
     xsa_gate_fwd_kernel[grid](y, v, gate, coef, out, n_rows, T, hkv, *_strides3(y), *_strides3(v),
                               *_strides3(gate), **meta)
     return out
 
 
-def backward(dout, y, v, gate, coef):
+def backward(dout, y, v, gate, coef, rows: int = ROWS, num_warps: int = 4):
+    """(d y, d v, d g, -a s per row); rows / num_warps as in forward."""
     _checked(dout, y, v)
-    grid, n_rows, T, hkv, meta = _launch_args(y, v, gate, coef)
+    grid, n_rows, T, hkv, meta = _launch_args(y, v, gate, coef, rows, num_warps)
     dy = torch.empty(y.shape, dtype=y.dtype, device=y.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     dg = torch.empty(y.shape[:3] if gate is not None else (0,), dtype=torch.float32, device=y.device)
