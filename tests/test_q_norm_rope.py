@@ -203,7 +203,7 @@ for rope_dims in (4, 8, 16):
     cos, sin = (t.transpose(1, 2) for t in rope_tables(T, rope_inv_freq(rope_dims, 10000.0), torch.float32))
     for gain in (None, torch.randn(H)):
         x = (3 * torch.randn(B, T, 2 * H, D))[:, :, H:]  # strided
-        dout = torch.randn(B, H, T, D).transpose(1, 2)
+        dout = torch.randn(B, H, T, 2 * D).transpose(1, 2)[..., ::2]  # hd of stride 2: copied, not misread
         torch.testing.assert_close(k.forward(x, cos, sin, gain, rope_dims), op._norm_rope(x, cos, sin, gain, rope_dims),
                                    atol=1e-5, rtol=1e-5)
         got, want = k.backward(dout, x, cos, sin, gain, rope_dims), op._norm_rope_bwd(dout, x, cos, sin, gain, rope_dims)

@@ -174,7 +174,7 @@ for gate in (False, True):
         v[0, 1, 1] = 0.0
         g = torch.rand(B, T, H) if gate else None
         c = torch.randn(H) if coef else None
-        dout = torch.randn(B, T, H, D)
+        dout = torch.randn(B, T, H, 2 * D)[..., ::2]  # a head dimension of stride 2: copied, not misread
         torch.testing.assert_close(k.forward(y, v, g, c), op._xsa_gate(y, v, g, c), atol=1e-5, rtol=1e-5)
         for a, b in zip(k.backward(dout, y, v, g, c), op._xsa_gate_bwd(dout, y, v, g, c)):
             assert a.shape == b.shape and a.dtype == b.dtype

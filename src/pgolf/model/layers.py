@@ -31,3 +31,9 @@ class CastedLinear(nn.Linear):
 
     def forward(self, x: Tensor, out_scale: Tensor | None = None) -> Tensor:
         return F.linear(x, self.scaled_weight(out_scale).to(x.dtype))
+
+
+def unit_last_stride(t: Tensor | None) -> Tensor | None:
+    """t itself when its last dimension is contiguous (what a Triton kernel indexing it with stride 1 needs), else
+    a contiguous copy; None stays None."""
+    return t if t is None or t.stride(-1) == 1 else t.contiguous()

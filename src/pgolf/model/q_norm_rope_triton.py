@@ -1,13 +1,16 @@
 """Triton kernels of ``q_norm_rope.norm_rope`` (imported lazily; needs triton); the math is that module's
 docstring. One program takes ROWS (token, head) rows of hd elements: the rotation's partner half is a second load
 of the same row (cached), cos/sin are read from the (T, k/2) table of the row's position, and the output (or d x)
-is written once, contiguous (B, T, H, hd). Any strides over (B, T, H) for x and d out; hd contiguous."""
+is written once, contiguous (B, T, H, hd). Any strides over (B, T, H)
+for x and d out (hd is made contiguous if it is not)."""
 
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
+
+from pgolf.model.layers import unit_last_stride
 
 ROWS = 32  # (token, head) rows per program: a 32 x 64 fp32 tile per live tensor at hd = 64, 4 warps
 
@@ -71,12 +74,9 @@ def norm_rope_bwd_kernel(do_ptr, x_ptr, cos_ptr, sin_ptr, g_ptr, dx_ptr, ds_ptr,
     tl.store(dx_ptr + rows[:, None] * D + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask[:, None])
 
 
-def _check(k: int, *ts: torch.Tensor) -> None:
-    for t in ts:
-        if t.stride(-1) != 1:
-            raise ValueError(f"q_norm_rope_triton: the last dimension must be contiguous, got strides {t.stride()}")
-    if k % 2 or not 0 < k <= ts[0].shape[-1]:
-        raise ValueError(f"q_norm_rope_triton: rope_dims={k} must be even and within head_dim={ts[0].shape[-1]}")
+def _check_rope_dims(k: int, head_dim: int) -> None:
+    if k % 2 or not 0 < k <= head_dim:
+        raise ValueError(f"q_norm_rope_triton: rope_dims={k} must be even and within head_dim={head_dim}")
 
 
 def _meta(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, gain, k: int, rows: int, num_warps: int):
@@ -89,7 +89,8 @@ def _meta(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, gain, k: int, r
 
 def forward(x, cos, sin, gain, k: int, rows: int = ROWS, num_warps: int = 4) -> torch.Tensor:
     """out (B, T, H, hd); rows / num_warps: the launch shape (benchmarks/rowop_bench.py sweeps them)."""
-    _check(k, x, cos, sin)
+    _check_rope_dims(k, x.shape[-1])
+    x, cos, sin, gain = (unit_last_stride(t) for t in (x, cos, sin, gain))
     grid, dims, tail, meta = _meta(x, cos, sin, gain, k, rows, num_warps)
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     norm_rope_fwd_kernel[grid](x, cos, sin, gain, out, *dims, x.stride(0), x.stride(1), x.stride(2), *tail, **meta)
@@ -99,7 +100,8 @@ def forward(x, cos, sin, gain, k: int, rows: int = ROWS, num_warps: int = 4) -> 
 def backward(dout, x, cos, sin, gain, k: int, rows: int = ROWS,
              num_warps: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     """(d x, q^ . R^T(d out) per row); rows / num_warps as in forward."""
-    _check(k, dout, x, cos, sin)
+    _check_rope_dims(k, x.shape[-1])
+    dout, x, cos, sin, gain = (unit_last_stride(t) for t in (dout, x, cos, sin, gain))
     grid, dims, tail, meta = _meta(x, cos, sin, gain, k, rows, num_warps)
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     ds = torch.empty(x.shape[:3] if gain is not None else (0,), dtype=torch.float32, device=x.device)

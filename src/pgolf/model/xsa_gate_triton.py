@@ -1,13 +1,15 @@
 """Triton kernels of ``xsa_gate.py`` (imported lazily; needs triton). The math and its backward are in that
 module's docstring. One program takes ROWS (token, KV head) rows: it loads v once, normalizes it in registers and
 handles the G query heads of the group in turn, so y, d out and v are each read once and d v is summed over the
-group without atomics. Any strides over (B, T, heads); the head dimension must be contiguous."""
+group without atomics. Any strides over (B, T, heads) (the head dimension is made contiguous if it is not)."""
 
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
+
+from pgolf.model.layers import unit_last_stride
 
 ROWS = 32  # (token, KV head) rows per program: at D = 64 a 32 x 64 fp32 tile per live tensor, 4 warps
 
@@ -100,12 +102,6 @@ def _strides3(t: torch.Tensor | None) -> tuple[int, int, int]:
     return (0, 0, 0) if t is None else (t.stride(0), t.stride(1), t.stride(2))
 
 
-def _checked(*ts: torch.Tensor) -> None:
-    for t in ts:
-        if t.stride(-1) != 1:
-            raise ValueError(f"xsa_gate_triton: the head dimension must be contiguous, got strides {t.stride()}")
-
-
 def _launch_args(y, v, gate, coef, rows: int, num_warps: int):
     from pgolf.model.xsa_gate import NORM_EPS
 
@@ -120,7 +116,7 @@ def _launch_args(y, v, gate, coef, rows: int, num_warps: int):
 def forward(y: torch.Tensor, v: torch.Tensor, gate: torch.Tensor | None, coef: torch.Tensor | None,
             rows: int = ROWS, num_warps: int = 4) -> torch.Tensor:
     """out (B, T, H, D); rows / num_warps: the launch shape (benchmarks/rowop_bench.py sweeps them)."""
-    _checked(y, v)
+    y, v, coef = unit_last_stride(y), unit_last_stride(v), unit_last_stride(coef)
     grid, n_rows, T, hkv, meta = _launch_args(y, v, gate, coef, rows, num_warps)
     out = torch.empty(y.shape, dtype=y.dtype, device=y.device)
     xsa_gate_fwd_kernel[grid](y, v, gate, coef, out, n_rows, T, hkv, *_strides3(y), *_strides3(v),
@@ -130,7 +126,7 @@ def forward(y: torch.Tensor, v: torch.Tensor, gate: torch.Tensor | None, coef: t
 
 def backward(dout, y, v, gate, coef, rows: int = ROWS, num_warps: int = 4):
     """(d y, d v, d g, -a s per row); rows / num_warps as in forward."""
-    _checked(dout, y, v)
+    dout, y, v, coef = (unit_last_stride(t) for t in (dout, y, v, coef))
     grid, n_rows, T, hkv, meta = _launch_args(y, v, gate, coef, rows, num_warps)
     dy = torch.empty(y.shape, dtype=y.dtype, device=y.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
