@@ -137,6 +137,13 @@ def test_norm_rope_op_matches_composed_ops_and_opcheck(with_gain):
                           (dout, q.detach(), cos, sin, None if g is None else g.detach(), 4))
 
 
+def test_defaults_off():
+    from pgolf.config import ModelConfig
+
+    d = ModelConfig()
+    assert d.fused_q_norm is False and d.norm_rope_kernel is False
+
+
 @pytest.mark.parametrize("fused_q_norm", [False, True])
 def test_norm_rope_kernel_switch_same_loss_and_gradients(fused_q_norm):
     kw = {"rope_dims": 4, "xsa_layers": "all"}

@@ -111,6 +111,13 @@ def test_fullgraph_compile_matches_eager():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+def test_default_off_and_same_parameters():
+    assert ModelConfig().fused_xsa_gate is False
+    kw = {"xsa_layers": "all", "sparse_attn_gate_width": 4}
+    names = [n for n, _ in perturbed_gpt(**kw).named_parameters()]
+    assert names == [n for n, _ in perturbed_gpt(**kw, fused_xsa_gate=True).named_parameters()]
+
+
 def test_needs_xsa_layers():
     with pytest.raises(ValueError, match="fused_xsa_gate=True needs XSA layers"):
         ModelConfig(fused_xsa_gate=True)
