@@ -77,13 +77,13 @@ def xsa_gate_bwd_kernel(do_ptr, y_ptr, v_ptr, g_ptr, c_ptr, dy_ptr, dv_ptr, dg_p
         c = 1.0
         if HAS_COEF:
             c = tl.load(c_ptr + kvh * G + j, mask=mask, other=0.0).to(tl.float32)
+        s = tl.sum(do * vn, axis=1)  # d out . v^; times g below: three row sums per head, not four
         dz = do
         if HAS_GATE:
             g = tl.load(g_ptr + g_base + j * sg_h, mask=mask, other=0.0).to(tl.float32)
-            dg = tl.sum(do * y, axis=1) - c * a * tl.sum(do * vn, axis=1)
-            tl.store(dg_ptr + head, dg, mask=mask)
+            tl.store(dg_ptr + head, tl.sum(do * y, axis=1) - c * a * s, mask=mask)
             dz = do * g[:, None]
-        s = tl.sum(dz * vn, axis=1)
+            s *= g
         if HAS_COEF:
             tl.store(dc_ptr + head, -a * s, mask=mask)
         dy = dz - (c * s)[:, None] * vn
