@@ -144,9 +144,10 @@ def test_defaults_off():
     assert d.fused_q_norm is False and d.norm_rope_kernel is False
 
 
-@pytest.mark.parametrize("fused_q_norm", [False, True])
-def test_norm_rope_kernel_switch_same_loss_and_gradients(fused_q_norm):
-    kw = {"rope_dims": 4, "xsa_layers": "all"}
+@pytest.mark.parametrize("fused_q_norm,scaling", [(False, "none"), (True, "none"), (False, "yarn")])
+def test_norm_rope_kernel_switch_same_loss_and_gradients(fused_q_norm, scaling):
+    """Also past the training length with YaRN (T = 16 > 8): the stretched tables and the logit temperature."""
+    kw = {"rope_dims": 4, "xsa_layers": "all", "rope_scaling": scaling, "rope_train_seq_len": 8}
     base = perturbed_gpt(**kw)
     fused = perturbed_gpt(**kw, norm_rope_kernel=True, fused_q_norm=fused_q_norm)
     fused.load_state_dict(base.state_dict())
