@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pgolf.model import fused_mlp as fm
-from step_timer import bench_cli, kernel_table, time_steps
+from step_timer import bench_cli, kernel_table, time_call, time_steps
 
 VARIANTS = ("compiled", "fused", "fused_compiled", "fused_compiled_pointer")
 SHIMS = Path(__file__).resolve().parent / "shims"
@@ -111,11 +111,7 @@ def tma_sweep(x, w_fc, w_proj, g, args) -> list[dict]:
         for kind, call in (("forward", lambda c=cfg: kern.gemm_act(x, w_fc, args.slope, config=c, tma=True)),
                            ("backward", lambda c=cfg: kern.gemm_act(g, w_proj_t, args.slope, aux=pre, config=c,
                                                                      tma=True))):
-            try:
-                r = time_steps(call, torch.device(args.device), args.warmup, args.iters)
-                r.pop("last")
-            except Exception as e:  # noqa: BLE001 (triton's OutOfResources: the tiles do not fit this GPU)
-                r = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+            r = time_call(call, torch.device(args.device), args.warmup, args.iters)  # OutOfResources: an error row
             rows.append({"config": i, "kind": kind, **cfg.kwargs, "num_stages": cfg.num_stages,
                          "num_warps": cfg.num_warps, **r})
             print(f"sweep {kind:8s} {cfg.kwargs} stages={cfg.num_stages} warps={cfg.num_warps} "

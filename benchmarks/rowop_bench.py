@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from step_timer import bench_cli, time_steps
+from step_timer import bench_cli, time_call
 
 from pgolf.model import q_norm_rope as nr
 from pgolf.model import xsa_gate as xg
@@ -108,11 +108,7 @@ def sweep(t: dict, args) -> list[dict]:
     rows = []
     for kernel, call in calls.items():
         for r, w in SWEEP:
-            try:
-                res = time_steps(lambda c=call, r=r, w=w: c(r, w), torch.device(args.device), args.warmup, args.iters)
-                res.pop("last")
-            except Exception as e:  # noqa: BLE001 (e.g. OutOfResources for a shape this GPU cannot hold)
-                res = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+            res = time_call(lambda c=call, r=r, w=w: c(r, w), torch.device(args.device), args.warmup, args.iters)
             rows.append({"kernel": kernel, "rows": r, "num_warps": w, **res})
             print(f"sweep {kernel:8s} rows={r:3d} warps={w} "
                   + (f"{res['ms_median']:8.4f} ms" if "error" not in res else res["error"]), flush=True)
@@ -133,12 +129,9 @@ def run(args) -> dict:
             for n in leaves:
                 t[n].grad = None
 
-        try:
-            r = time_steps(lambda fn=fn, g=g: fn().backward(g), device, args.warmup, args.iters, reset=reset)
-            r.pop("last")
+        r = time_call(lambda fn=fn, g=g: fn().backward(g), device, args.warmup, args.iters, reset=reset)
+        if "error" not in r:
             r["gb_per_s"] = round(pass_bytes(name, t) / (r["ms_median"] * 1e-3) / 1e9, 1)
-        except Exception as e:  # noqa: BLE001
-            r = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
         results.append({"variant": name, **r})
         print(f"{name:13s} " + (f"{r['ms_median']:8.4f} ms  {r['gb_per_s']:7.1f} GB/s" if "error" not in r
                                 else r["error"]), flush=True)

@@ -82,6 +82,18 @@ def time_steps(step: Callable[[], Any], device: torch.device, warmup: int, iters
             "reserved_mib": None if reserved is None else round(reserved, 1), "last": last}
 
 
+def time_call(call: Callable[[], Any], device: torch.device, warmup: int, iters: int,
+              reset: Callable[[], None] = lambda: None) -> dict:
+    """`time_steps` without the returned value, or {"error": ...} when the call fails (a kernel config that does
+    not fit this GPU, a variant that cannot run here): reported in the JSON, not fatal to the sweep."""
+    try:
+        r = time_steps(call, device, warmup, iters, reset=reset)
+    except Exception as e:  # noqa: BLE001
+        return {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+    r.pop("last")
+    return r
+
+
 def kernel_table(step: Callable[[], Any], device: torch.device, steps: int, top: int = 8,
                  reset: Callable[[], None] = lambda: None) -> dict:
     """`steps` profiled runs of `step` (after timing, so compiled and autotuned): ``kernels``, the `top` kernels

@@ -175,6 +175,37 @@ def assert_grads_aligned(got: dict, want: dict, min_cos: float = 0.99) -> None:
         assert cos > min_cos, (name, float(cos))
 
 
+def switch_pair(switch: dict, seed: int = 0, **model_kw):
+    """(plain, switched): two `perturbed_gpt` models with the same weights, the second with `switch` set."""
+    base, other = perturbed_gpt(seed, **model_kw), perturbed_gpt(seed, **model_kw, **switch)
+    other.load_state_dict(base.state_dict())
+    return base, other
+
+
+def token_batch(seed: int = 0, shape=(2, 16)):
+    """(x, y): random ids of the 64-token test vocabulary and x shifted by one."""
+    x = torch.randint(2, 64, shape, generator=torch.Generator().manual_seed(seed))
+    return x, torch.roll(x, -1, 1)
+
+
+def assert_same_loss_and_grads(base, other, x, y) -> dict:
+    """One forward and backward of each: equal losses and gradients (fp32, same math); returns base's grads."""
+    lb, gb = loss_and_grads(base, x, y)
+    lo, go = loss_and_grads(other, x, y)
+    torch.testing.assert_close(lo, lb, atol=1e-6, rtol=1e-6)
+    assert go.keys() == gb.keys()
+    for name in gb:
+        torch.testing.assert_close(go[name], gb[name], atol=1e-6, rtol=1e-4, msg=name)
+    return gb
+
+
+def assert_compiled_bf16_agree(base, other, x, y) -> None:
+    """`compiled_bf16_loss_and_grads` of each (CUDA): losses within bf16 rounding, gradients aligned."""
+    (lb, gb), (lo, go) = (compiled_bf16_loss_and_grads(m, x, y) for m in (base, other))
+    torch.testing.assert_close(lo, lb, atol=2e-2, rtol=1e-2)
+    assert_grads_aligned(go, gb)
+
+
 def position_shards(directory, sizes) -> list:
     """Train shards whose tokens are their global stream positions (all distinct; keep the total < 65536)."""
     import numpy as np

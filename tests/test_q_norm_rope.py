@@ -8,12 +8,12 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import (
-    assert_grads_aligned,
-    compiled_bf16_loss_and_grads,
-    loss_and_grads,
+    assert_compiled_bf16_agree,
+    assert_same_loss_and_grads,
     needs_triton_interpreter,
-    perturbed_gpt,
     run_in_triton_interpreter,
+    switch_pair,
+    token_batch,
 )
 
 from pgolf.model.attn_rope import apply_partial_rotary, rope_inv_freq, rope_tables
@@ -68,18 +68,9 @@ def test_bf16_is_the_plain_path_up_to_rounding():
 
 
 def test_model_switch_same_loss_and_gradients():
-    kw = {"rope_dims": 4, "xsa_layers": "all"}
-    base, fused = perturbed_gpt(**kw), perturbed_gpt(**kw, fused_q_norm=True)
-    fused.load_state_dict(base.state_dict())
+    base, fused = switch_pair({"fused_q_norm": True}, rope_dims=4, xsa_layers="all")
     assert not base.blocks[0].attn.fused_q_norm and fused.blocks[0].attn.fused_q_norm
-    x = torch.randint(2, 64, (2, 16), generator=torch.Generator().manual_seed(0))
-    y = torch.roll(x, -1, 1)
-    lb, gb = loss_and_grads(base, x, y)
-    lf, gf = loss_and_grads(fused, x, y)
-    torch.testing.assert_close(lf, lb, atol=1e-6, rtol=1e-6)
-    assert gf.keys() == gb.keys() and any("q_gain" in n for n in gb)
-    for name in gb:
-        torch.testing.assert_close(gf[name], gb[name], atol=1e-6, rtol=1e-4, msg=name)
+    assert any("q_gain" in n for n in assert_same_loss_and_grads(base, fused, *token_batch()))
 
 
 def test_fullgraph_compile_matches_eager():
@@ -94,15 +85,10 @@ def test_fullgraph_compile_matches_eager():
 
 
 @pytest.mark.gpu
-def test_gpu_compiled_bf16_model_matches_plain():
-    kw = {"rope_dims": 4, "xsa_layers": "all", "sparse_attn_gate_width": 4}
-    base, fused = perturbed_gpt(**kw).cuda(), perturbed_gpt(**kw, fused_q_norm=True).cuda()
-    fused.load_state_dict(base.state_dict())
-    x = torch.randint(2, 64, (4, 64), generator=torch.Generator().manual_seed(5)).cuda()
-    y = torch.roll(x, -1, 1)
-    (lb, gb), (lf, gf) = (compiled_bf16_loss_and_grads(m, x, y) for m in (base, fused))
-    torch.testing.assert_close(lf, lb, atol=2e-2, rtol=1e-2)
-    assert_grads_aligned(gf, gb)
+@pytest.mark.parametrize("switch", ["fused_q_norm", "norm_rope_kernel"])
+def test_gpu_compiled_bf16_model_matches_plain(switch):
+    base, fused = switch_pair({switch: True}, rope_dims=4, xsa_layers="all", sparse_attn_gate_width=4)
+    assert_compiled_bf16_agree(base.cuda(), fused.cuda(), *(t.cuda() for t in token_batch(5, (4, 64))))
 
 
 def strided(q):
@@ -147,19 +133,10 @@ def test_defaults_off():
 @pytest.mark.parametrize("fused_q_norm,scaling", [(False, "none"), (True, "none"), (False, "yarn")])
 def test_norm_rope_kernel_switch_same_loss_and_gradients(fused_q_norm, scaling):
     """Also past the training length with YaRN (T = 16 > 8): the stretched tables and the logit temperature."""
-    kw = {"rope_dims": 4, "xsa_layers": "all", "rope_scaling": scaling, "rope_train_seq_len": 8}
-    base = perturbed_gpt(**kw)
-    fused = perturbed_gpt(**kw, norm_rope_kernel=True, fused_q_norm=fused_q_norm)
-    fused.load_state_dict(base.state_dict())
+    base, fused = switch_pair({"norm_rope_kernel": True, "fused_q_norm": fused_q_norm}, rope_dims=4,
+                              xsa_layers="all", rope_scaling=scaling, rope_train_seq_len=8)
     assert fused.blocks[0].attn.norm_rope_kernel and not base.blocks[0].attn.norm_rope_kernel
-    x = torch.randint(2, 64, (2, 16), generator=torch.Generator().manual_seed(0))
-    y = torch.roll(x, -1, 1)
-    lb, gb = loss_and_grads(base, x, y)
-    lf, gf = loss_and_grads(fused, x, y)
-    torch.testing.assert_close(lf, lb, atol=1e-6, rtol=1e-6)
-    assert gf.keys() == gb.keys() and any("q_gain" in n for n in gb)
-    for name in gb:
-        torch.testing.assert_close(gf[name], gb[name], atol=1e-6, rtol=1e-4, msg=name)
+    assert any("q_gain" in n for n in assert_same_loss_and_grads(base, fused, *token_batch()))
 
 
 @pytest.mark.gpu
@@ -185,18 +162,6 @@ def test_gpu_norm_rope_triton_matches_torch_body(k, with_gain, dtype):
     for name, a, b in zip(("out", "dq", "dot"), got, ref):
         assert a.shape == b.shape and a.dtype == b.dtype, name
         torch.testing.assert_close(a.float(), b.float(), msg=name, **tol)
-
-
-@pytest.mark.gpu
-def test_gpu_compiled_bf16_model_with_norm_rope_kernel_matches_plain():
-    kw = {"rope_dims": 4, "xsa_layers": "all", "sparse_attn_gate_width": 4}
-    base, fused = perturbed_gpt(**kw).cuda(), perturbed_gpt(**kw, norm_rope_kernel=True).cuda()
-    fused.load_state_dict(base.state_dict())
-    x = torch.randint(2, 64, (4, 64), generator=torch.Generator().manual_seed(9)).cuda()
-    y = torch.roll(x, -1, 1)
-    (lb, gb), (lf, gf) = (compiled_bf16_loss_and_grads(m, x, y) for m in (base, fused))
-    torch.testing.assert_close(lf, lb, atol=2e-2, rtol=1e-2)
-    assert_grads_aligned(gf, gb)
 
 
 # --- CPU, where triton is installed: the kernels' indexing and math in Triton's interpreter ---

@@ -10,12 +10,12 @@ import itertools
 import pytest
 import torch
 from conftest import (
-    assert_grads_aligned,
-    compiled_bf16_loss_and_grads,
-    loss_and_grads,
+    assert_compiled_bf16_agree,
+    assert_same_loss_and_grads,
     needs_triton_interpreter,
-    perturbed_gpt,
     run_in_triton_interpreter,
+    switch_pair,
+    token_batch,
 )
 
 from pgolf.config import ModelConfig
@@ -85,19 +85,11 @@ def test_xsa_removes_the_value_direction():
                                      {"attn_out_gate_width": 4}, {"gated_attn": True}])
 @pytest.mark.parametrize("xsa_gated", [False, True])
 def test_model_switch_same_loss_and_gradients(gate_kw, xsa_gated):
-    kw = {"rope_dims": 4, "xsa_layers": "last:1", "xsa_gated": xsa_gated, **gate_kw}
-    base, fused = perturbed_gpt(**kw), perturbed_gpt(**kw, fused_xsa_gate=True)
-    fused.load_state_dict(base.state_dict())
+    base, fused = switch_pair({"fused_xsa_gate": True}, rope_dims=4, xsa_layers="last:1", xsa_gated=xsa_gated,
+                              **gate_kw)
     assert [b.attn.fused_xsa_gate for b in fused.blocks] == [False, True]
     assert not any(b.attn.fused_xsa_gate for b in base.blocks)
-    x = torch.randint(2, 64, (2, 16), generator=torch.Generator().manual_seed(0))
-    y = torch.roll(x, -1, 1)
-    lb, gb = loss_and_grads(base, x, y)
-    lf, gf = loss_and_grads(fused, x, y)
-    torch.testing.assert_close(lf, lb, atol=1e-6, rtol=1e-6)
-    assert gf.keys() == gb.keys()
-    for name in gb:
-        torch.testing.assert_close(gf[name], gb[name], atol=1e-6, rtol=1e-4, msg=name)
+    assert_same_loss_and_grads(base, fused, *token_batch())
 
 
 def test_fullgraph_compile_matches_eager():
@@ -113,9 +105,8 @@ def test_fullgraph_compile_matches_eager():
 
 def test_default_off_and_same_parameters():
     assert ModelConfig().fused_xsa_gate is False
-    kw = {"xsa_layers": "all", "sparse_attn_gate_width": 4}
-    names = [n for n, _ in perturbed_gpt(**kw).named_parameters()]
-    assert names == [n for n, _ in perturbed_gpt(**kw, fused_xsa_gate=True).named_parameters()]
+    base, fused = switch_pair({"fused_xsa_gate": True}, xsa_layers="all", sparse_attn_gate_width=4)
+    assert [n for n, _ in base.named_parameters()] == [n for n, _ in fused.named_parameters()]
 
 
 def test_needs_xsa_layers():
@@ -147,14 +138,9 @@ def test_gpu_triton_matches_torch_body(gate, coef, dtype):
 
 @pytest.mark.gpu
 def test_gpu_compiled_bf16_model_matches_plain():
-    kw = {"rope_dims": 4, "xsa_layers": "all", "xsa_gated": True, "sparse_attn_gate_width": 4}
-    base, fused = perturbed_gpt(**kw).cuda(), perturbed_gpt(**kw, fused_xsa_gate=True).cuda()
-    fused.load_state_dict(base.state_dict())
-    x = torch.randint(2, 64, (4, 64), generator=torch.Generator().manual_seed(5)).cuda()
-    y = torch.roll(x, -1, 1)
-    (lb, gb), (lf, gf) = (compiled_bf16_loss_and_grads(m, x, y) for m in (base, fused))
-    torch.testing.assert_close(lf, lb, atol=2e-2, rtol=1e-2)
-    assert_grads_aligned(gf, gb)
+    base, fused = switch_pair({"fused_xsa_gate": True}, rope_dims=4, xsa_layers="all", xsa_gated=True,
+                              sparse_attn_gate_width=4)
+    assert_compiled_bf16_agree(base.cuda(), fused.cuda(), *(t.cuda() for t in token_batch(5, (4, 64))))
 
 
 @pytest.mark.parametrize("gate,coef", FLAGS)

@@ -23,11 +23,15 @@ def _row_bases(rows, T, HKV, s_b, s_t, s_h):
 
 
 @triton.jit
-def _unit(v_ptr, rows, mask, T, HKV, sv_b, sv_t, sv_h, cols, EPS: tl.constexpr):
+def _tile(v_ptr, n_rows, T, HKV, sv_b, sv_t, sv_h, ROWS: tl.constexpr, D: tl.constexpr, EPS: tl.constexpr):
+    """This program's rows, their mask, the columns, and per row v^, |v|, the kv head and the flat token index."""
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    mask = rows < n_rows
+    cols = tl.arange(0, D)
     base, kvh, bt = _row_bases(rows, T, HKV, sv_b, sv_t, sv_h)
     v = tl.load(v_ptr + base[:, None] + cols[None, :], mask=mask[:, None], other=0.0).to(tl.float32)
     norm = tl.sqrt(tl.sum(v * v, axis=1))
-    return v / tl.maximum(norm, EPS)[:, None], norm, kvh, bt
+    return rows, mask, cols, v / tl.maximum(norm, EPS)[:, None], norm, kvh, bt
 
 
 @triton.jit
@@ -35,10 +39,7 @@ def xsa_gate_fwd_kernel(y_ptr, v_ptr, g_ptr, c_ptr, out_ptr, n_rows, T, HKV,
                         sy_b, sy_t, sy_h, sv_b, sv_t, sv_h, sg_b, sg_t, sg_h,
                         G: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr, HAS_GATE: tl.constexpr,
                         HAS_COEF: tl.constexpr, EPS: tl.constexpr):
-    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
-    mask = rows < n_rows
-    cols = tl.arange(0, D)
-    vn, _, kvh, bt = _unit(v_ptr, rows, mask, T, HKV, sv_b, sv_t, sv_h, cols, EPS)
+    rows, mask, cols, vn, _, kvh, bt = _tile(v_ptr, n_rows, T, HKV, sv_b, sv_t, sv_h, ROWS, D, EPS)
     y_base, _, _ = _row_bases(rows, T, HKV, sy_b, sy_t, sy_h * G)
     g_base, _, _ = _row_bases(rows, T, HKV, sg_b, sg_t, sg_h * G)
     for j in tl.static_range(G):
@@ -59,10 +60,7 @@ def xsa_gate_bwd_kernel(do_ptr, y_ptr, v_ptr, g_ptr, c_ptr, dy_ptr, dv_ptr, dg_p
                         sd_b, sd_t, sd_h, sy_b, sy_t, sy_h, sv_b, sv_t, sv_h, sg_b, sg_t, sg_h,
                         G: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr, HAS_GATE: tl.constexpr,
                         HAS_COEF: tl.constexpr, EPS: tl.constexpr):
-    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
-    mask = rows < n_rows
-    cols = tl.arange(0, D)
-    vn, norm, kvh, bt = _unit(v_ptr, rows, mask, T, HKV, sv_b, sv_t, sv_h, cols, EPS)
+    rows, mask, cols, vn, norm, kvh, bt = _tile(v_ptr, n_rows, T, HKV, sv_b, sv_t, sv_h, ROWS, D, EPS)
     y_base, _, _ = _row_bases(rows, T, HKV, sy_b, sy_t, sy_h * G)
     d_base, _, _ = _row_bases(rows, T, HKV, sd_b, sd_t, sd_h * G)
     g_base, _, _ = _row_bases(rows, T, HKV, sg_b, sg_t, sg_h * G)
