@@ -121,12 +121,11 @@ class CausalSelfAttention(nn.Module):
         gain = self.q_gain if temp == 1.0 else self.q_gain * temp  # YaRN temperature; T is static under compile
         q, k = self.norm_rope_qk(q, k, cos, sin, gain)
         y = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), ctx, self.backend)  # (B, H, T, hd)
+        coef = torch.tanh(self.xsa_alpha).to(y.dtype) if self.xsa_gated else None
         if self.fused_xsa_gate:  # the same function; one pass each way on CUDA
             gate = self._gate(x) if self.gate_kind != "none" else None
-            coef = torch.tanh(self.xsa_alpha).to(y.dtype) if self.xsa_gated else None
             return self.proj(xsa_gate(y.transpose(1, 2), v, gate, coef).view(B, T, D), out_scale)
         if self.use_xsa:
-            coef = torch.tanh(self.xsa_alpha).to(y.dtype) if self.xsa_gated else None
             y = xsa_project_out(y, v.transpose(1, 2), coef)
         if self.gate_kind != "none":
             y = y * self._gate(x).transpose(1, 2)[..., None]

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
 def rms_norm(x: Tensor) -> Tensor:
@@ -37,3 +42,16 @@ def unit_last_stride(t: Tensor | None) -> Tensor | None:
     """t itself when its last dimension is contiguous (what a Triton kernel indexing it with stride 1 needs), else
     a contiguous copy; None stays None."""
     return t if t is None or t.stride(-1) == 1 else t.contiguous()
+
+
+def wide(x: Tensor) -> Tensor:
+    """x in fp32, or in its own dtype when wider (the compute precision of the row ops' torch bodies)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def row_kernel_ok(x: Tensor) -> bool:
+    """Whether the row-op Triton kernels (xsa_gate, norm_rope) take x: triton installed, CUDA, a float dtype, and a
+    head dimension that is a power of two in [8, 256] (one tl.arange per row)."""
+    d = x.shape[-1]
+    return HAS_TRITON and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16, torch.float32) and \
+        8 <= d <= 256 and d & (d - 1) == 0

@@ -20,43 +20,35 @@ Same forward math as ``rms_norm`` (F.rms_norm's default eps, the compute dtype's
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 from torch import Tensor
 
 from pgolf.model.attn_rope import apply_partial_rotary
-
-HAS_TRITON = importlib.util.find_spec("triton") is not None
-
-
-def _wide(x: Tensor) -> Tensor:
-    """x in fp32, or in its own dtype when wider."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
+from pgolf.model.layers import row_kernel_ok, wide
 
 
 def _normed(q: Tensor) -> tuple[Tensor, Tensor]:
     """(q^, r (..., 1)), at least fp32, with F.rms_norm's default eps: that of the compute dtype (fp32 for bf16)."""
-    qf = _wide(q)
+    qf = wide(q)
     r = torch.rsqrt(qf.square().mean(-1, keepdim=True) + torch.finfo(qf.dtype).eps)
     return qf * r, r
 
 
 def _gain(gain: Tensor | None) -> Tensor | float:
-    return 1.0 if gain is None else _wide(gain)[:, None]
+    return 1.0 if gain is None else wide(gain)[:, None]
 
 
 def norm_rope_math(q: Tensor, cos: Tensor, sin: Tensor, gain: Tensor | None, k: int) -> Tensor:
     """g_h R(rms_norm(q)) in q's dtype, computed at least in fp32 (g = 1 without gain)."""
     qn, _ = _normed(q)
-    return (apply_partial_rotary(qn, _wide(cos), _wide(sin), k) * _gain(gain)).to(q.dtype)
+    return (apply_partial_rotary(qn, wide(cos), wide(sin), k) * _gain(gain)).to(q.dtype)
 
 
 def norm_rope_grad_math(dout: Tensor, q: Tensor, cos: Tensor, sin: Tensor, gain: Tensor | None,
                         k: int) -> tuple[Tensor, Tensor]:
     """(d q in q's dtype, s = q^ . R^T(d out) per row (..., H, 1) at least fp32): the docstring's backward."""
     qn, r = _normed(q)
-    u = apply_partial_rotary(_wide(dout), _wide(cos), -_wide(sin), k)  # R^T: the rotation by -angle
+    u = apply_partial_rotary(wide(dout), wide(cos), -wide(sin), k)  # R^T: the rotation by -angle
     s = (qn * u).sum(-1, keepdim=True)
     dq = (_gain(gain) * r) * (u - qn * (s / q.shape[-1]))
     return dq.to(q.dtype), s
@@ -95,9 +87,7 @@ def norm_rope(x: Tensor, cos: Tensor, sin: Tensor, rope_dims: int, gain: Tensor 
 
 def uses_triton(x: Tensor, cos: Tensor) -> bool:
     """Whether the ops run the Triton kernels for this input (else their bodies are torch math)."""
-    d = x.shape[-1]
-    return HAS_TRITON and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16, torch.float32) and \
-        x.dim() == 4 and cos.shape[:3] == (1, x.shape[1], 1) and 8 <= d <= 256 and d & (d - 1) == 0
+    return row_kernel_ok(x) and x.dim() == 4 and cos.shape[:3] == (1, x.shape[1], 1)
 
 
 @torch.library.custom_op("pgolf::norm_rope", mutates_args=())

@@ -27,12 +27,11 @@ without triton, the op bodies are the same math in torch (fp32 or wider), which 
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 from torch import Tensor
 
-HAS_TRITON = importlib.util.find_spec("triton") is not None
+from pgolf.model.layers import row_kernel_ok, wide
+
 NORM_EPS = 1e-12  # F.normalize's default, as xsa_project_out
 
 
@@ -44,26 +43,20 @@ def xsa_gate(y: Tensor, v: Tensor, gate: Tensor | None = None, coef: Tensor | No
 
 def uses_triton(y: Tensor) -> bool:
     """Whether the ops run the Triton kernels for this input (else their bodies are torch math)."""
-    d = y.shape[-1]
-    return HAS_TRITON and y.is_cuda and y.dtype in (torch.bfloat16, torch.float16, torch.float32) and \
-        8 <= d <= 256 and d & (d - 1) == 0
-
-
-def _wide(x: Tensor) -> Tensor:
-    return x.to(torch.promote_types(x.dtype, torch.float32))
+    return row_kernel_ok(y)
 
 
 def _grouped(y: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(y as (B, T, Hkv, G, D), v^ and |v| as (B, T, Hkv, 1, D) / (..., 1)), at least fp32."""
     B, T, H, D = y.shape
     Hkv = v.shape[2]
-    vw = _wide(v).unsqueeze(3)
+    vw = wide(v).unsqueeze(3)
     norm = vw.norm(dim=-1, keepdim=True)
-    return _wide(y).reshape(B, T, Hkv, H // Hkv, D), vw / norm.clamp_min(NORM_EPS), norm
+    return wide(y).reshape(B, T, Hkv, H // Hkv, D), vw / norm.clamp_min(NORM_EPS), norm
 
 
 def _per_head(t: Tensor | None, shape) -> Tensor | float:
-    return 1.0 if t is None else _wide(t).reshape(shape)
+    return 1.0 if t is None else wide(t).reshape(shape)
 
 
 @torch.library.custom_op("pgolf::xsa_gate", mutates_args=())
@@ -98,13 +91,13 @@ def _xsa_gate_bwd(dout: Tensor, y: Tensor, v: Tensor, gate: Tensor | None,
     B, T, H, D = y.shape
     Hkv, G = v.shape[2], H // v.shape[2]
     yg, vn, norm = _grouped(y, v)
-    dg_out = _wide(dout).reshape(B, T, Hkv, G, D)
+    dg_out = wide(dout).reshape(B, T, Hkv, G, D)
     c = _per_head(coef, (Hkv, G, 1))
     a = (yg * vn).sum(-1, keepdim=True)
     if gate is None:
         dz, dgate = dg_out, y.new_empty(0, dtype=torch.float32)
     else:
-        dz = _wide(gate).reshape(B, T, Hkv, G, 1) * dg_out
+        dz = wide(gate).reshape(B, T, Hkv, G, 1) * dg_out
         dgate = ((dg_out * yg).sum(-1, keepdim=True) - c * a * (dg_out * vn).sum(-1, keepdim=True))
         dgate = dgate.reshape(B, T, H).float()
     s = (dz * vn).sum(-1, keepdim=True)
