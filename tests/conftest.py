@@ -206,6 +206,24 @@ def assert_compiled_bf16_agree(base, other, x, y) -> None:
     assert_grads_aligned(go, gb)
 
 
+def assert_triton_matches_torch_body(run, names: tuple[str, ...], dtype: torch.dtype) -> None:
+    """`run()`, a tuple of tensors from the row ops (xsa_gate, norm_rope), once with their torch bodies
+    (``layers.HAS_TRITON`` off) and once with the Triton kernels: same shapes and dtypes, values within fp32's
+    or bf16's tolerance."""
+    from pgolf.model import layers
+
+    layers.HAS_TRITON = False
+    try:
+        ref = run()
+    finally:
+        layers.HAS_TRITON = True
+    got = run()
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 3e-2, "rtol": 2e-2}
+    for name, a, b in zip(names, got, ref, strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        torch.testing.assert_close(a.float(), b.float(), msg=name, **tol)
+
+
 def position_shards(directory, sizes) -> list:
     """Train shards whose tokens are their global stream positions (all distinct; keep the total < 65536)."""
     import numpy as np

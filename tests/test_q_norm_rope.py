@@ -10,6 +10,7 @@ import torch
 from conftest import (
     assert_compiled_bf16_agree,
     assert_same_loss_and_grads,
+    assert_triton_matches_torch_body,
     needs_triton_interpreter,
     run_in_triton_interpreter,
     switch_pair,
@@ -144,7 +145,6 @@ def test_norm_rope_kernel_switch_same_loss_and_gradients(fused_q_norm, scaling):
 @pytest.mark.parametrize("with_gain", [False, True])
 @pytest.mark.parametrize("k", [16, 64])
 def test_gpu_norm_rope_triton_matches_torch_body(k, with_gain, dtype):
-    from pgolf.model import layers
     from pgolf.model import q_norm_rope as op
 
     g = torch.Generator().manual_seed(8)
@@ -153,16 +153,9 @@ def test_gpu_norm_rope_triton_matches_torch_body(k, with_gain, dtype):
     gain = torch.randn(8, generator=g).cuda() if with_gain else None
     dout = torch.randn(q.shape, generator=g).cuda().to(dtype)
     assert op.uses_triton(q, cos)
-    layers.HAS_TRITON = False
-    try:
-        ref = (op._norm_rope(q, cos, sin, gain, k), *op._norm_rope_bwd(dout, q, cos, sin, gain, k))
-    finally:
-        layers.HAS_TRITON = True
-    got = (op._norm_rope(q, cos, sin, gain, k), *op._norm_rope_bwd(dout, q, cos, sin, gain, k))
-    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 3e-2, "rtol": 2e-2}
-    for name, a, b in zip(("out", "dq", "dot"), got, ref):
-        assert a.shape == b.shape and a.dtype == b.dtype, name
-        torch.testing.assert_close(a.float(), b.float(), msg=name, **tol)
+    assert_triton_matches_torch_body(
+        lambda: (op._norm_rope(q, cos, sin, gain, k), *op._norm_rope_bwd(dout, q, cos, sin, gain, k)),
+        ("out", "dq", "dot"), dtype)
 
 
 # --- CPU, where triton is installed: the kernels' indexing and math in Triton's interpreter ---

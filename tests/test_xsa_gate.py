@@ -12,6 +12,7 @@ import torch
 from conftest import (
     assert_compiled_bf16_agree,
     assert_same_loss_and_grads,
+    assert_triton_matches_torch_body,
     needs_triton_interpreter,
     run_in_triton_interpreter,
     switch_pair,
@@ -118,23 +119,14 @@ def test_needs_xsa_layers():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("gate,coef", FLAGS)
 def test_gpu_triton_matches_torch_body(gate, coef, dtype):
-    from pgolf.model import layers
     from pgolf.model import xsa_gate as op
 
     y, v, g, c = (t if t is None else t.detach().to(dtype)
                   for t in sample(gate, coef, torch.float32, shape=(2, 96, 8, 4, 64), seed=6, device="cuda"))
     assert op.uses_triton(y)
     dout = torch.randn(y.shape, device="cuda", dtype=dtype)
-    layers.HAS_TRITON = False
-    try:
-        ref = (op._xsa_gate(y, v, g, c), *op._xsa_gate_bwd(dout, y, v, g, c))
-    finally:
-        layers.HAS_TRITON = True
-    got = (op._xsa_gate(y, v, g, c), *op._xsa_gate_bwd(dout, y, v, g, c))
-    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 3e-2, "rtol": 2e-2}
-    for name, a, b in zip(("out", "dy", "dv", "dgate", "dcoef"), got, ref):
-        assert a.shape == b.shape and a.dtype == b.dtype, name
-        torch.testing.assert_close(a.float(), b.float(), msg=name, **tol)
+    assert_triton_matches_torch_body(lambda: (op._xsa_gate(y, v, g, c), *op._xsa_gate_bwd(dout, y, v, g, c)),
+                                     ("out", "dy", "dv", "dgate", "dcoef"), dtype)
 
 
 @pytest.mark.gpu

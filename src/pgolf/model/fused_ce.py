@@ -20,13 +20,12 @@ kernel). Only the training loss uses this; evaluation keeps the eager head (see 
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-HAS_TRITON = importlib.util.find_spec("triton") is not None
+from pgolf.model.layers import HAS_TRITON
+
 MAX_CAP = 40.0  # the kernels shift z by C; exp(-2C) must stay a normal fp32 number (C < 43.6)
 KERNEL = {"block": 1024, "num_warps": 4}  # columns per loop iteration and warps per row program (benchmark sweeps)
 REDUCTIONS = ("mean", "sum", "none")

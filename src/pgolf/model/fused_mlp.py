@@ -18,13 +18,11 @@ the autograd and compile wiring against the plain MLP.
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-HAS_TRITON = importlib.util.find_spec("triton") is not None
+from pgolf.model.layers import HAS_TRITON
 
 
 def fused_mlp(x: Tensor, fc_weight: Tensor, proj_weight: Tensor, slope: float) -> Tensor:
