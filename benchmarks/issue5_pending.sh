@@ -9,13 +9,18 @@
 #   3. one export of the initialized pr1855 (export_time.py, GPTQ on): calibration, quantization and write times;
 #   4. the row-op kernels alone (rowop_bench.py --sweep): xsa_gate and norm_rope against inductor's composed ops,
 #      GB/s, and each Triton kernel at 9 launch shapes (rows per program x warps) to pick their defaults.
-# Turn norm_rope_kernel on in pr1855 only if step 2 shows it faster in both phases (then a whole run with fa4 and
-# CUDA graphs: issue5_throughput.sh).
+# Turn a variant on in pr1855 only if step 2 shows it faster in both phases and a whole run with fa4 and CUDA graphs
+# agrees (issue5_throughput.sh). norm_rope_kernel did not pass (README, "Measured"); VARIANT / BASE_SRC time the next.
 #
 #   carry: .whl .carry      command: bash benchmarks/issue5_pending.sh           (about 8 minutes on one H200)
 #   env:   STEPS="1 2" (step 4 in a call of its own: STEPS=4, about 3 minutes) | ATTN=varlen | PRESET=pr1855
 #          DATA=data/proxy_sp8192 | TESTS="tests/test_q_norm_rope.py tests/test_xsa_gate.py"
 #          VARIANT=nrk:model.norm_rope_kernel=true (NAME:key=value,key=value against the preset as is)
+#          BASE_SRC=DIR: step 2 also times the preset as built from another checkout's src folder (an earlier
+#          commit carried in .carry: git archive HEAD src | tar -x -C .carry/base, then BASE_SRC=.carry/base/src),
+#          base variant only, in its own process: a change without a config switch, A/B in one call
+#          (model_step_base_src_p*.json, whose pgolf_src names the folder; model_step_bench refuses a folder
+#          without a pgolf package)
 #          SKIP_SETUP=1: do not source device_env.sh (a CPU dry run:
 #          OUT=/tmp/o SKIP_SETUP=1 PRESET=tiny DATA=data/demo_sp1024 STEPS="2 3" bash benchmarks/issue5_pending.sh)
 # Every result lands in $OUT; a step that fails or times out does not stop the next.
@@ -48,6 +53,11 @@ if step 2; then
     run "model_step_p$p" 230 python3 benchmarks/model_step_bench.py --preset "$PRESET" --data "$DATA" \
       --device "$DEVICE" --progress "$p" --set "model.attn_backend=$ATTN" --variant base \
       --variant "$VARIANT" --warmup 3 --iters 12 "${prof[@]}" --out "$OUT/model_step_p$p.json"
+    if [ -n "${BASE_SRC:-}" ]; then
+      PGOLF_SRC="$BASE_SRC" run "model_step_base_src_p$p" 150 python3 benchmarks/model_step_bench.py \
+        --preset "$PRESET" --data "$DATA" --device "$DEVICE" --progress "$p" --set "model.attn_backend=$ATTN" \
+        --variant base --warmup 3 --iters 12 --out "$OUT/model_step_base_src_p$p.json"
+    fi
   done
 fi
 if step 3; then

@@ -31,7 +31,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, os.environ.get("PGOLF_SRC") or str(Path(__file__).resolve().parents[1] / "src"))
+PGOLF_SRC = os.environ.get("PGOLF_SRC")
+if PGOLF_SRC and not (Path(PGOLF_SRC) / "pgolf" / "__init__.py").is_file():  # else this checkout's pgolf runs unseen
+    sys.exit(f"PGOLF_SRC={PGOLF_SRC}: no pgolf package there (give the checkout's src folder)")
+sys.path.insert(0, str(Path(PGOLF_SRC).resolve()) if PGOLF_SRC else str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(1, str(Path(__file__).resolve().parent))
 
 # pgolf first (from PGOLF_SRC when set), then step_timer, which puts this checkout's src on the path too

@@ -77,6 +77,18 @@ def test_pgolf_src_runs_another_checkout(byte_dataset, tmp_path):
     assert res["pgolf_src"] == str(other) and res["results"][0]["ms_median"] > 0
 
 
+def test_pgolf_src_without_a_package_is_refused(tmp_path):
+    """A PGOLF_SRC one folder too high (an archive root, not its src) must not fall back to this checkout."""
+    import os
+    import subprocess
+
+    (tmp_path / "src" / "pgolf").mkdir(parents=True)
+    env = os.environ | {"PGOLF_SRC": str(tmp_path)}
+    r = subprocess.run([sys.executable, msb.__file__, "--help"], env=env, capture_output=True, text=True,
+                       timeout=120, check=False)
+    assert r.returncode != 0 and f"PGOLF_SRC={tmp_path}: no pgolf package there" in r.stderr
+
+
 def test_full_step_times_the_loops_own_step(byte_dataset, tmp_path, monkeypatch):
     calls = []
 

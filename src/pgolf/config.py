@@ -107,7 +107,8 @@ class ModelConfig:
     # per-row dot instead of a pass over every token of q and dq (same math; model/q_norm_rope.py)
     fused_q_norm: bool = False
     # q's and k's norm + RoPE (+ q_gain) as custom ops, on CUDA one Triton pass each way with the output written
-    # once, contiguous (same math; model/q_norm_rope.py, q_norm_rope_triton.py); supersedes fused_q_norm
+    # once, contiguous (same math; model/q_norm_rope.py, q_norm_rope_triton.py); supersedes fused_q_norm. Measured
+    # no faster on pr1855 (H200: micro-step +0.9%, whole run with CUDA graphs equal; README, "Measured")
     norm_rope_kernel: bool = False
     # XSA and the attention output gate as one op whose backward is one pass over d out, y and v (on CUDA a Triton
     # kernel), instead of the several kernels autograd's composition compiles to (same math; model/xsa_gate.py)
