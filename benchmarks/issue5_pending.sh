@@ -8,12 +8,16 @@
 #      attention backend from ATTN, default varlen since fa4 needs a call of its own);
 #   3. one export of the initialized pr1855 (export_time.py, GPTQ on): calibration, quantization and write times;
 #   4. the row-op kernels alone (rowop_bench.py --sweep): xsa_gate and norm_rope against inductor's composed ops,
-#      GB/s, and each Triton kernel at 9 launch shapes (rows per program x warps) to pick their defaults.
+#      GB/s, and each Triton kernel at 9 launch shapes (rows per program x warps) to pick their defaults;
+#   5. inductor's own kernels of the preset's compiled micro-step, each timed alone against the bytes it moves
+#      (TORCHINDUCTOR_PROFILE, ranked by benchmarks/inductor_bandwidth.py into inductor_bandwidth_p*.json): which
+#      fusions lose the most time against the HBM floor, before and after the loops (about 4 minutes).
 # Turn a variant on in pr1855 only if step 2 shows it faster in both phases and a whole run with fa4 and CUDA graphs
 # agrees (issue5_throughput.sh). norm_rope_kernel did not pass (README, "Measured"); VARIANT / BASE_SRC time the next.
 #
 #   carry: .whl .carry      command: bash benchmarks/issue5_pending.sh           (about 8 minutes on one H200)
-#   env:   STEPS="1 2" (step 4 in a call of its own: STEPS=4, about 3 minutes) | ATTN=varlen | PRESET=pr1855
+#   env:   STEPS="1 2" (steps 4 and 5 in calls of their own: STEPS=4, about 3 minutes; STEPS=5, about 4)
+#          ATTN=varlen | PRESET=pr1855
 #          DATA=data/proxy_sp8192 | TESTS="tests/test_q_norm_rope.py tests/test_xsa_gate.py"
 #          VARIANT=nrk:model.norm_rope_kernel=true (NAME:key=value,key=value against the preset as is)
 #          BASE_SRC=DIR: step 2 also times the preset as built from another checkout's src folder (an earlier
@@ -65,5 +69,16 @@ if step 3; then
 fi
 if step 4; then
   run rowop_bench 200 python3 benchmarks/rowop_bench.py --device "$DEVICE" --sweep --out "$OUT/rowop_bench.json"
+fi
+if step 5; then
+  peak=$(python3 -c "import torch; print(3350 if 'H100' in torch.cuda.get_device_name() else 4800)" 2>/dev/null)
+  for p in 0.0 1.0; do
+    rm -f "$OUT/inductor_bw_p$p.txt"  # the profiler appends
+    TORCHINDUCTOR_PROFILE=1 TORCHINDUCTOR_PROFILE_OUTPUT="$OUT/inductor_bw_p$p.txt" run "inductor_bw_step_p$p" 240 \
+      python3 benchmarks/model_step_bench.py --preset "$PRESET" --data "$DATA" --device "$DEVICE" --progress "$p" \
+      --set "model.attn_backend=$ATTN" --variant base --warmup 1 --iters 1 --out "$OUT/inductor_bw_step_p$p.json"
+    run "inductor_bandwidth_p$p" 60 python3 benchmarks/inductor_bandwidth.py "$OUT/inductor_bw_p$p.txt" \
+      --peak-gbs "${peak:-4800}" --out "$OUT/inductor_bandwidth_p$p.json"
+  done
 fi
 exit $rc

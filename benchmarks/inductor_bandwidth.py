@@ -1,0 +1,104 @@
+"""Which of inductor's generated kernels run below HBM bandwidth: a reader of TORCHINDUCTOR_PROFILE's report.
+
+With ``TORCHINDUCTOR_PROFILE=1``, each kernel of a compiled graph is timed alone (triton's do_bench) the first time
+it runs, next to inductor's count of the bytes it reads and writes; ``TORCHINDUCTOR_PROFILE_OUTPUT`` gets one block
+per graph call. This script keeps the last block of each graph and ranks the kernels by the time they lose against
+the bandwidth ceiling, ``lost = ms - GB / peak``: the fusions worth rewriting by hand are those at the top.
+A diagnostic, not a step time (each kernel runs alone, with warm caches); cuBLAS, attention and pgolf's own Triton
+ops are not inductor kernels and are not in the report.
+
+    TORCHINDUCTOR_PROFILE=1 TORCHINDUCTOR_PROFILE_OUTPUT=bw.txt python3 benchmarks/model_step_bench.py \\
+        --preset pr1855 --data data/proxy_sp8192 --device cuda --variant base --warmup 1 --iters 1 --out m.json
+    python3 benchmarks/inductor_bandwidth.py bw.txt --peak-gbs 4800 --out inductor_bandwidth.json   # H200
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from pgolf.fileio import atomic_write_json
+
+PEAK_GBS = {"H100": 3350.0, "H200": 4800.0}  # HBM3 / HBM3e, as the bandwidth split of throughput.py
+HEADER = re.compile(r"TRITON KERNELS BANDWIDTH INFO \((.*)\)")
+LINE = re.compile(r"([\d.]+)ms\s+([\d.]+) GB\s+([\d.]+)GB/s\s+([\d.]+)%\s+(\S+)")
+
+
+def parse_report(text: str) -> dict[str, list[tuple[float, float, str]]]:
+    """{graph file: [(ms, GB, kernel name), ...]} from the last block of each graph in the report."""
+    graphs: dict[str, list[tuple[float, float, str]]] = {}
+    current: list | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if m := HEADER.match(line):
+            current = graphs[m.group(1)] = []  # a later call of the same graph replaces the earlier block
+        elif line.startswith(("SUMMARY", "====")):
+            current = None
+        elif current is not None and (m := LINE.match(line)):
+            current.append((float(m.group(1)), float(m.group(2)), m.group(5)))
+        elif current is not None and line:
+            raise ValueError(f"unexpected line in the bandwidth report: {line!r}")
+    return graphs
+
+
+def rank(graphs: dict[str, list[tuple[float, float, str]]], peak_gbs: float, top: int = 40) -> dict:
+    """Per kernel (summed over its calls in its graph): ms, GB, GB/s, share of peak, ms lost against the peak;
+    totals per graph and overall."""
+    rows, per_graph = [], {}
+    for graph, calls in graphs.items():
+        agg: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])
+        for ms, gb, name in calls:
+            a = agg[name]
+            a[0] += ms
+            a[1] += gb
+            a[2] += 1
+        g_ms = sum(a[0] for a in agg.values())
+        g_lost = sum(max(0.0, a[0] - a[1] / peak_gbs * 1e3) for a in agg.values())
+        per_graph[Path(graph).name] = {"kernels": len(agg), "ms": round(g_ms, 3), "lost_ms": round(g_lost, 3)}
+        for name, (ms, gb, n) in agg.items():
+            floor_ms = gb / peak_gbs * 1e3
+            rows.append({"graph": Path(graph).name, "kernel": name, "calls": n, "ms": round(ms, 4),
+                         "gb": round(gb, 4), "gb_per_s": round(gb / ms * 1e3, 1) if ms else None,
+                         "of_peak": round(floor_ms / ms, 3) if ms else None,
+                         "lost_ms": round(max(0.0, ms - floor_ms), 4)})
+    rows.sort(key=lambda r: r["lost_ms"], reverse=True)
+    total_ms = sum(r["ms"] for r in rows)
+    total_lost = sum(r["lost_ms"] for r in rows)
+    return {"peak_gbs": peak_gbs, "kernels": len(rows), "ms": round(total_ms, 3), "lost_ms": round(total_lost, 3),
+            "of_peak": round(1 - total_lost / total_ms, 3) if total_ms else None, "graphs": per_graph,
+            "top": rows[:top]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("report", type=Path, help="TORCHINDUCTOR_PROFILE_OUTPUT file")
+    p.add_argument("--peak-gbs", type=float, default=PEAK_GBS["H200"], help="HBM bandwidth, GB/s (H100: 3350)")
+    p.add_argument("--top", type=int, default=40)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    if not args.report.is_file():
+        p.error(f"{args.report}: no such report (was TORCHINDUCTOR_PROFILE_OUTPUT set?)")
+    try:
+        graphs = parse_report(args.report.read_text())
+    except ValueError as e:
+        p.error(f"{args.report}: {e}")
+    if not graphs:
+        p.error(f"{args.report}: no 'TRITON KERNELS BANDWIDTH INFO' block (no compiled graph ran on a GPU?)")
+    res = {"report": str(args.report), **rank(graphs, args.peak_gbs, args.top)}
+    atomic_write_json(args.out, res)
+    print(f"{res['kernels']} kernels in {len(graphs)} graphs: {res['ms']:.2f} ms alone, {res['lost_ms']:.2f} ms "
+          f"above the {args.peak_gbs:.0f} GB/s floor ({100 * res['of_peak']:.1f}% of peak overall)")
+    for r in res["top"][:15]:
+        print(f"  {r['lost_ms']:8.3f} ms lost  {r['ms']:8.3f} ms  {r['gb_per_s']:8.1f} GB/s  x{r['calls']}  "
+              f"{r['kernel'][:90]}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

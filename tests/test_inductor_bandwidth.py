@@ -1,0 +1,69 @@
+"""benchmarks/inductor_bandwidth.py: reads the report torch's own writer produces under TORCHINDUCTOR_PROFILE
+(triton_heuristics.end_graph, fed collected calls), keeps each graph's last block, ranks kernels by the time lost
+against the bandwidth floor, and refuses a file that is not such a report."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "inductor_bandwidth.py"
+spec = importlib.util.spec_from_file_location("inductor_bandwidth", BENCH)
+ib = importlib.util.module_from_spec(spec)
+sys.modules["inductor_bandwidth"] = ib
+spec.loader.exec_module(ib)
+
+
+def write_report(path: Path, graphs: dict[str, list[tuple[float, float, str]]]) -> None:
+    """One end_graph block per (graph module, calls), written by torch's writer from a module of that name, as a
+    compiled graph's wrapper would."""
+    from torch._inductor.runtime import triton_heuristics as th
+
+    for graph_name, calls in graphs.items():
+        module = path.parent / graph_name
+        module.write_text("def flush(th, out):\n    th.end_graph(out)\n")
+        s = importlib.util.spec_from_file_location(module.stem, module)
+        graph = importlib.util.module_from_spec(s)
+        s.loader.exec_module(graph)
+        th.collected_calls.clear()
+        th.collected_calls.extend((ms, gb, gb / ms * 1e3, name) for ms, gb, name in calls)
+        graph.flush(th, str(path))
+    th.collected_calls.clear()
+
+
+def test_ranks_kernels_by_time_lost_against_the_floor(tmp_path):
+    report = tmp_path / "bw.txt"
+    write_report(report, {
+        "fwd.py": [(9.0, 1.0, "triton_poi_stale_0")],  # replaced by the graph's next call below
+        "bwd.py": [(0.5, 1.0, "triton_red_slow_1"), (0.25, 1.0, "triton_per_fast_2"),
+                   (0.5, 1.0, "triton_red_slow_1")],
+    })
+    write_report(report, {"fwd.py": [(0.3, 0.5, "triton_poi_mid_3")]})
+    out = tmp_path / "bw.json"
+    assert ib.main([str(report), "--peak-gbs", "4000", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["graphs"] == {"bwd.py": {"kernels": 2, "ms": 1.25, "lost_ms": 0.5},
+                             "fwd.py": {"kernels": 1, "ms": 0.3, "lost_ms": 0.175}}
+    slow, mid, fast = res["top"]
+    assert (slow["kernel"], slow["calls"], slow["ms"], slow["lost_ms"], slow["of_peak"]) == \
+        ("triton_red_slow_1", 2, 1.0, 0.5, 0.5)  # 2 GB need 0.5 ms at 4000 GB/s
+    assert (mid["kernel"], mid["lost_ms"]) == ("triton_poi_mid_3", 0.175) and fast["lost_ms"] == 0.0
+    assert res["ms"] == 1.55 and res["lost_ms"] == 0.675
+
+
+def test_refuses_what_is_not_a_report(tmp_path, capsys):
+    bad = tmp_path / "bw.txt"
+    bad.write_text("====================\nTRITON KERNELS BANDWIDTH INFO (/c/g.py)\nnot a kernel line\n")
+    with pytest.raises(SystemExit):
+        ib.main([str(bad), "--out", str(tmp_path / "o.json")])
+    assert "unexpected line in the bandwidth report: 'not a kernel line'" in capsys.readouterr().err
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(SystemExit):
+        ib.main([str(empty), "--out", str(tmp_path / "o.json")])
+    assert "no 'TRITON KERNELS BANDWIDTH INFO' block" in capsys.readouterr().err
+    assert not (tmp_path / "o.json").exists()
