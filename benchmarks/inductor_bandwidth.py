@@ -9,7 +9,7 @@ ops are not inductor kernels and are not in the report.
 
     TORCHINDUCTOR_PROFILE=1 TORCHINDUCTOR_PROFILE_OUTPUT=bw.txt python3 benchmarks/model_step_bench.py \\
         --preset pr1855 --data data/proxy_sp8192 --device cuda --variant base --warmup 1 --iters 1 --out m.json
-    python3 benchmarks/inductor_bandwidth.py bw.txt --peak-gbs 4800 --out inductor_bandwidth.json   # H200
+    python3 benchmarks/inductor_bandwidth.py bw.txt --gpu "NVIDIA H200" --out inductor_bandwidth.json
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from pgolf.fileio import atomic_write_json
+from pgolf.report.flops import hbm_bandwidth
 
-PEAK_GBS = {"H100": 3350.0, "H200": 4800.0}  # HBM3 / HBM3e, as the bandwidth split of throughput.py
 HEADER = re.compile(r"TRITON KERNELS BANDWIDTH INFO \((.*)\)")
 LINE = re.compile(r"([\d.]+)ms\s+([\d.]+) GB\s+([\d.]+)GB/s\s+([\d.]+)%\s+(\S+)")
 
@@ -77,10 +77,16 @@ def rank(graphs: dict[str, list[tuple[float, float, str]]], peak_gbs: float, top
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("report", type=Path, help="TORCHINDUCTOR_PROFILE_OUTPUT file")
-    p.add_argument("--peak-gbs", type=float, default=PEAK_GBS["H200"], help="HBM bandwidth, GB/s (H100: 3350)")
+    p.add_argument("--gpu", default="H200", help="GPU name, for its HBM bandwidth (report/flops.py: H100, H200, A100)")
+    p.add_argument("--peak-gbs", type=float, help="HBM bandwidth in GB/s, instead of --gpu's")
     p.add_argument("--top", type=int, default=40)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
+    if args.peak_gbs is None:
+        bw = hbm_bandwidth(args.gpu)
+        if bw is None:
+            p.error(f"--gpu {args.gpu!r}: bandwidth unknown (give --peak-gbs)")
+        args.peak_gbs = bw / 1e9
     if not args.report.is_file():
         p.error(f"{args.report}: no such report (was TORCHINDUCTOR_PROFILE_OUTPUT set?)")
     try:

@@ -71,14 +71,14 @@ if step 4; then
   run rowop_bench 200 python3 benchmarks/rowop_bench.py --device "$DEVICE" --sweep --out "$OUT/rowop_bench.json"
 fi
 if step 5; then
-  peak=$(python3 -c "import torch; print(3350 if 'H100' in torch.cuda.get_device_name() else 4800)" 2>/dev/null)
+  gpu=$(python3 -c "import torch; print(torch.cuda.get_device_name())" 2>/dev/null)
   for p in 0.0 1.0; do
     rm -f "$OUT/inductor_bw_p$p.txt"  # the profiler appends
     TORCHINDUCTOR_PROFILE=1 TORCHINDUCTOR_PROFILE_OUTPUT="$OUT/inductor_bw_p$p.txt" run "inductor_bw_step_p$p" 240 \
       python3 benchmarks/model_step_bench.py --preset "$PRESET" --data "$DATA" --device "$DEVICE" --progress "$p" \
       --set "model.attn_backend=$ATTN" --variant base --warmup 1 --iters 1 --out "$OUT/inductor_bw_step_p$p.json"
     run "inductor_bandwidth_p$p" 60 python3 benchmarks/inductor_bandwidth.py "$OUT/inductor_bw_p$p.txt" \
-      --peak-gbs "${peak:-4800}" --out "$OUT/inductor_bandwidth_p$p.json"
+      --gpu "${gpu:-H200}" --out "$OUT/inductor_bandwidth_p$p.json"
   done
 fi
 exit $rc

@@ -35,6 +35,15 @@ def write_report(path: Path, graphs: dict[str, list[tuple[float, float, str]]]) 
     th.collected_calls.clear()
 
 
+def test_peak_from_the_gpu_name(tmp_path):
+    report = tmp_path / "bw.txt"
+    write_report(report, {"g.py": [(1.0, 3.35, "triton_poi_h100_floor_0")]})
+    out = tmp_path / "bw.json"
+    assert ib.main([str(report), "--gpu", "NVIDIA H100 80GB HBM3", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["peak_gbs"] == 3350.0 and res["top"][0]["of_peak"] == 1.0 and res["lost_ms"] == 0.0
+
+
 def test_ranks_kernels_by_time_lost_against_the_floor(tmp_path):
     report = tmp_path / "bw.txt"
     write_report(report, {
@@ -66,4 +75,7 @@ def test_refuses_what_is_not_a_report(tmp_path, capsys):
     with pytest.raises(SystemExit):
         ib.main([str(empty), "--out", str(tmp_path / "o.json")])
     assert "no 'TRITON KERNELS BANDWIDTH INFO' block" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ib.main([str(empty), "--gpu", "T4", "--out", str(tmp_path / "o.json")])
+    assert "--gpu 'T4': bandwidth unknown" in capsys.readouterr().err
     assert not (tmp_path / "o.json").exists()
