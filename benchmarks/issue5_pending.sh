@@ -13,18 +13,14 @@
 #      (TORCHINDUCTOR_PROFILE, ranked by benchmarks/inductor_bandwidth.py into inductor_bandwidth_p*.json): which
 #      fusions lose the most time against the HBM floor, before and after the loops (about 4 minutes).
 # Turn a variant on in pr1855 only if step 2 shows it faster in both phases and a whole run with fa4 and CUDA graphs
-# agrees (issue5_throughput.sh). norm_rope_kernel did not pass (README, "Measured"); VARIANT / BASE_SRC time the next.
+# agrees (issue5_throughput.sh). norm_rope_kernel did not pass (README, "Measured"). A change without a config
+# switch: issue5_looped_ab.sh with OLD_SRC (the last commit's src, carried) times both checkouts in one call.
 #
 #   carry: .whl .carry      command: bash benchmarks/issue5_pending.sh           (about 8 minutes on one H200)
 #   env:   STEPS="1 2" (steps 4 and 5 in calls of their own: STEPS=4, about 3 minutes; STEPS=5, about 4)
 #          ATTN=varlen | PRESET=pr1855
 #          DATA=data/proxy_sp8192 | TESTS="tests/test_q_norm_rope.py tests/test_xsa_gate.py"
 #          VARIANT=nrk:model.norm_rope_kernel=true (NAME:key=value,key=value against the preset as is)
-#          BASE_SRC=DIR: step 2 also times the preset as built from another checkout's src folder (an earlier
-#          commit carried in .carry: git archive HEAD src | tar -x -C .carry/base, then BASE_SRC=.carry/base/src),
-#          base variant only, in its own process: a change without a config switch, A/B in one call
-#          (model_step_base_src_p*.json, whose pgolf_src names the folder; model_step_bench refuses a folder
-#          without a pgolf package)
 #          SKIP_SETUP=1: do not source device_env.sh (a CPU dry run:
 #          OUT=/tmp/o SKIP_SETUP=1 PRESET=tiny DATA=data/demo_sp1024 STEPS="2 3" bash benchmarks/issue5_pending.sh)
 # Every result lands in $OUT; a step that fails or times out does not stop the next.
@@ -57,11 +53,6 @@ if step 2; then
     run "model_step_p$p" 230 python3 benchmarks/model_step_bench.py --preset "$PRESET" --data "$DATA" \
       --device "$DEVICE" --progress "$p" --set "model.attn_backend=$ATTN" --variant base \
       --variant "$VARIANT" --warmup 3 --iters 12 "${prof[@]}" --out "$OUT/model_step_p$p.json"
-    if [ -n "${BASE_SRC:-}" ]; then
-      PGOLF_SRC="$BASE_SRC" run "model_step_base_src_p$p" 150 python3 benchmarks/model_step_bench.py \
-        --preset "$PRESET" --data "$DATA" --device "$DEVICE" --progress "$p" --set "model.attn_backend=$ATTN" \
-        --variant base --warmup 3 --iters 12 --out "$OUT/model_step_base_src_p$p.json"
-    fi
   done
 fi
 if step 3; then
