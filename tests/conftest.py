@@ -9,6 +9,7 @@ import random
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -85,8 +86,26 @@ def train_cpu(cfg: RunConfig, run_dir, resume: bool = False, device: str = "cpu"
         shutdown(rt)
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands to outgoing connections (Linux: ip_local_port_range; else IANA's 49152)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49152
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A free TCP port for a spawned process group's store, below the ephemeral range: between this check and
+    rank 0's bind, no outgoing connection on the machine can be given it (a port from bind(0) could be)."""
+    low = _ephemeral_low()
+    for port in random.Random(os.getpid() ^ time.monotonic_ns()).sample(range(20000, max(low, 20001)), 64):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # a crowded range: the kernel's choice
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 

@@ -96,6 +96,19 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(byte_dataset, tmp_path, m
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
+def test_free_port_is_below_the_ephemeral_range_and_free():
+    """The spawned tests' store port: bindable now, and outside the range the kernel gives outgoing connections
+    (one of which could take a bind(0) port before rank 0 binds it)."""
+    import socket
+
+    from conftest import _ephemeral_low
+
+    ports = {free_port() for _ in range(8)}
+    assert all(20000 <= p < _ephemeral_low() for p in ports) and len(ports) > 1
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", ports.pop()))
+
+
 @pytest.mark.parametrize("clip", [0.0, 0.05])
 def test_two_process_gloo_equals_one_process_with_accumulation(tmp_path, clip):
     data = make_byte_dataset(tmp_path / "ds")
