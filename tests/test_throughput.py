@@ -476,9 +476,9 @@ def test_profiled_throughput_run_reports_kernel_kinds_not_targets(byte_dataset, 
     monkeypatch.chdir(tmp_path)
     sets = ["data.tokenizer=byte260", "model.num_layers=1", "model.model_dim=32", "model.num_heads=2",
             "model.num_kv_heads=1", "train.batch_tokens=256", "train.micro_batch_tokens=128", "train.seq_len=32",
-            "eval.batch_tokens=512", "train.device=cpu"]
+            "eval.batch_tokens=512", "train.device=cpu", "train.iterations=16"]  # steps, not seconds, end it
     out = tmp_path / "tp.json"
-    argv = ["--pgolf", "tiny", "--data", str(byte_dataset), "--seconds", "2", "--warmup-steps", "0",
+    argv = ["--pgolf", "tiny", "--data", str(byte_dataset), "--seconds", "60", "--warmup-steps", "0",
             "--profile-steps", "3", "--profile-skip", "2", "--out", str(out), "--workdir", str(tmp_path / "w"),
             "--stop-after-training"]
     assert tp.main(argv + [a for s in sets for a in ("--set", s)]) == 0
