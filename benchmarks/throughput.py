@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling record18
 
 import record1855 as rec1855
 from pgolf.report.flops import PhaseFlops, hbm_bandwidth, peak_flops, phase_flops, read_tokens, t_eff_from_tokens
-from pgolf.report.throughput import bandwidth_split, load_pgolf_run, mfu_block, phase_stats, ratios
+from pgolf.report.throughput import bandwidth_split, load_pgolf_run, mfu_block, mfu_budget, phase_stats, ratios
 from pgolf.train.profile import PROFILE_SKIP
 
 SHIMS = Path(__file__).resolve().parent / "shims"
@@ -284,6 +284,56 @@ def split_by_bandwidth(paths: Sequence[Path]) -> dict[str, Any]:
             "peak_flops": peak_slow, "runs": runs}
 
 
+def budget_of_profiled_run(path: Path, run: str, preset: str | None, target: float,
+                           phase: str | None = None) -> dict[str, Any]:
+    """`mfu_budget` of one profiled run of a throughput JSON (``--profile-steps``): the profiled window's phase
+    (before or after the loop switch; from the run's switch step, else `phase` must say) gives the FLOPs per
+    token; attention's share is 6 L t_eff d, with d the model width of `preset` (default: the run's command's)."""
+    from pgolf.presets import get_preset
+
+    d = json.loads(Path(path).read_text())
+    r = d.get(run) or {}
+    prof, fpt, tokens = r.get("profile"), r.get("flops_per_token"), r.get("batch_tokens")
+    if not (prof and fpt and tokens):
+        raise SystemExit(f"{path}: run {run!r} has no profile, flops_per_token or batch_tokens (--profile-steps)")
+    peak = peak_flops(d.get("device") or "")
+    if peak is None:
+        raise SystemExit(f"{path}: device {d.get('device')!r} has no bf16 peak in pgolf.report.flops")
+    if preset is None:
+        m = re.search(r"--preset (\S+)", r.get("command") or "")
+        if m is None:
+            raise SystemExit(f"{path}: no --preset in run {run!r}'s command; give --preset")
+        preset = m.group(1)
+    start, end, switch = prof.get("skip") or 0, (prof.get("skip") or 0) + prof["steps"], r.get("switch_step")
+    if phase is None:
+        if switch is None and fpt.get("switch_frac", 1.0) < 1.0:
+            raise SystemExit(f"{path}: run {run!r} logged no switch step; say which phase was profiled (--phase)")
+        if switch is None or end <= switch:
+            phase = "flat"
+        elif start >= switch:
+            phase = "looped"
+        else:
+            raise SystemExit(f"{path}: the profiled steps {start}-{end} span the loop switch at step {switch}")
+    layers = fpt["virtual_layers"][0 if phase == "flat" else 1]
+    attn = 6.0 * layers * fpt["t_eff"] * get_preset(preset).model.model_dim
+    res = mfu_budget(prof["kinds"], (fpt[phase] - attn) * tokens, attn * tokens, peak, target)
+    return {"what": "the profiled step's GPU time by kernel kind against its FLOPs (report.throughput.mfu_budget)",
+            "file": str(path), "run": run, "device": d.get("device"), "preset": preset, "phase": phase,
+            "profiled_steps": [start, end], "batch_tokens": tokens, **res}
+
+
+def print_budget(b: dict[str, Any]) -> None:
+    print(f"{b['run']} ({b['preset']}, {b['phase']}, {b['device']}): busy {b['busy_ms']:.1f} ms per step, "
+          f"FLOPs worth {b['useful_ms']:.1f} ms at peak, MFU {b['mfu']:.1%}")
+    for k, r in b["kinds"].items():
+        eff = f"  efficiency {r['efficiency']:.1%}" if r.get("efficiency") is not None else ""
+        gone = f"{r['mfu_without']:.1%}" if r["mfu_without"] is not None else "-"
+        print(f"  {k:10s} {r['ms']:8.1f} ms ({r['share']:5.1%}){eff:20s}  MFU without it {gone}")
+    t = b["target"]
+    print(f"MFU {t['mfu']:.0%} needs a busy step of {t['busy_ms']:.1f} ms: {t['cut_ms']:.1f} ms ({t['cut_share']:.1%}) "
+          f"less")
+
+
 def measure(args) -> dict[str, Any]:
     from pgolf.fileio import atomic_write_json
     from pgolf.presets import get_preset
@@ -408,9 +458,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--repeats", type=Path, nargs="+", default=None, help="summarize merged pairings (mean ratio)")
     ap.add_argument("--bandwidth-split", type=Path, nargs=2, default=None, metavar=("A.json", "B.json"),
                     help="the same runs on two GPUs of one peak, different HBM bandwidth: bandwidth-bound time")
+    ap.add_argument("--mfu-budget", type=Path, default=None, metavar="PROFILED.json",
+                    help="a profiled run's GPU time by kernel kind against its FLOPs: where the MFU gap is")
+    ap.add_argument("--run", choices=("pgolf", "record"), default="pgolf", help="which run --mfu-budget reads")
+    ap.add_argument("--preset", default=None, help="--mfu-budget: the model's preset (default: from its command)")
+    ap.add_argument("--phase", choices=("flat", "looped"), default=None,
+                    help="--mfu-budget: the profiled phase, where the run logged no switch step")
+    ap.add_argument("--target-mfu", type=float, default=TARGETS["mfu"])
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     from pgolf.fileio import atomic_write_json
+
+    if args.mfu_budget:
+        result = budget_of_profiled_run(args.mfu_budget, args.run, args.preset, args.target_mfu, args.phase)
+        atomic_write_json(args.out, result)
+        print_budget(result)
+        print(f"wrote {args.out}")
+        return 0
 
     if args.bandwidth_split:
         result = split_by_bandwidth(args.bandwidth_split)

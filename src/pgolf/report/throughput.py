@@ -166,3 +166,35 @@ def bandwidth_split(slow: dict[str, Any], fast: dict[str, Any], bw_slow: float, 
                      "bandwidth_bound_share": m / t_slow, "consistent": m >= 0 and c > 0,
                      "mfu_slow": mfu, "mfu_if_no_bandwidth_bound": mfu * t_slow / c if (mfu and c > 0) else None}
     return out
+
+
+def mfu_budget(kinds: dict[str, dict[str, float]], gemm_flops: float, attn_flops: float, peak: float,
+               target: float = 0.40) -> dict[str, Any]:
+    """Where a profiled step's GPU time goes against the FLOPs it does (the MFU gap, kind by kind).
+
+    kinds: ``{kind: {"ms_per_step": ms}}`` from a profile (pgolf.train.profile: matmul, attention, fused, copy,
+    other); gemm_flops / attn_flops: the step's FLOPs in the matmul and attention kernels (`pgolf.report.flops`)::
+
+        ideal_k = flops_k / peak,   efficiency_k = ideal_k / ms_k,   MFU = (ideal_matmul + ideal_attention) / busy
+
+    plus the busy step `target` MFU needs, and the MFU with each kind's time gone or at an efficiency of 1."""
+    ms = {k: float(v["ms_per_step"]) for k, v in kinds.items()}
+    missing = {"matmul", "attention"} - ms.keys()
+    if missing:
+        raise ValueError(f"mfu_budget: the profile has no {sorted(missing)} kind")
+    if not (peak > 0 and gemm_flops > 0 and attn_flops >= 0):
+        raise ValueError(f"mfu_budget: needs peak > 0, gemm_flops > 0, attn_flops >= 0, got {peak}, {gemm_flops}, "
+                         f"{attn_flops}")
+    busy = sum(ms.values())
+    ideal = {"matmul": gemm_flops / peak * 1e3, "attention": attn_flops / peak * 1e3}
+    useful = sum(ideal.values())
+    out_kinds = {}
+    for k, t in sorted(ms.items(), key=lambda kv: -kv[1]):
+        row: dict[str, Any] = {"ms": t, "share": t / busy, "mfu_without": useful / (busy - t) if busy > t else None}
+        if k in ideal:
+            row.update(ideal_ms=ideal[k], efficiency=ideal[k] / t if t else None,
+                       mfu_at_full_efficiency=useful / (busy - t + ideal[k]))
+        out_kinds[k] = row
+    step = useful / target
+    return {"busy_ms": busy, "useful_ms": useful, "mfu": useful / busy, "peak_flops": peak, "kinds": out_kinds,
+            "target": {"mfu": target, "busy_ms": step, "cut_ms": busy - step, "cut_share": 1 - step / busy}}
