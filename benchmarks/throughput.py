@@ -39,7 +39,15 @@ from typing import Any, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling record1855.py
 
 import record1855 as rec1855
-from pgolf.report.flops import PhaseFlops, hbm_bandwidth, peak_flops, phase_flops, read_tokens, t_eff_from_tokens
+from pgolf.report.flops import (
+    PhaseFlops,
+    attention_flops_per_token,
+    hbm_bandwidth,
+    peak_flops,
+    phase_flops,
+    read_tokens,
+    t_eff_from_tokens,
+)
 from pgolf.report.throughput import bandwidth_split, load_pgolf_run, mfu_block, mfu_budget, phase_stats, ratios
 from pgolf.train.profile import PROFILE_SKIP
 
@@ -288,7 +296,7 @@ def budget_of_profiled_run(path: Path, run: str, preset: str | None, target: flo
                            phase: str | None = None) -> dict[str, Any]:
     """`mfu_budget` of one profiled run of a throughput JSON (``--profile-steps``): the profiled window's phase
     (before or after the loop switch; from the run's switch step, else `phase` must say) gives the FLOPs per
-    token; attention's share is 6 L t_eff d, with d the model width of `preset` (default: the run's command's)."""
+    token; attention's share is `attention_flops_per_token`, d from `preset` (default: the run's command's)."""
     from pgolf.presets import get_preset
 
     d = json.loads(Path(path).read_text())
@@ -315,7 +323,7 @@ def budget_of_profiled_run(path: Path, run: str, preset: str | None, target: flo
         else:
             raise SystemExit(f"{path}: the profiled steps {start}-{end} span the loop switch at step {switch}")
     layers = fpt["virtual_layers"][0 if phase == "flat" else 1]
-    attn = 6.0 * layers * fpt["t_eff"] * get_preset(preset).model.model_dim
+    attn = attention_flops_per_token(layers, fpt["t_eff"], get_preset(preset).model.model_dim)
     res = mfu_budget(prof["kinds"], (fpt[phase] - attn) * tokens, attn * tokens, peak, target)
     return {"what": "the profiled step's GPU time by kernel kind against its FLOPs (report.throughput.mfu_budget)",
             "file": str(path), "run": run, "device": d.get("device"), "preset": preset, "phase": phase,

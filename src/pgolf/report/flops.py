@@ -144,6 +144,11 @@ class PhaseFlops:
                 "switch_frac": self.switch_frac}
 
 
+def attention_flops_per_token(layers: int, t_eff: float, model_dim: int) -> float:
+    """Training FLOPs of causal attention per token: 6 L T_eff d (QK^T and AV, forward and backward)."""
+    return 6.0 * layers * t_eff * model_dim
+
+
 def phase_flops(cfg: Any, t_eff: float | None = None) -> PhaseFlops:
     """FLOPs per token of each phase for a `RunConfig`. `t_eff`: the measured doc-isolated attention context
     (`t_eff_from_files`); without it, or without ``model.doc_isolated``, full causal rows (``seq_len + 1``)."""
@@ -153,7 +158,7 @@ def phase_flops(cfg: Any, t_eff: float | None = None) -> PhaseFlops:
     flat_l, looped_l = virtual_layers(m)
 
     def f(layers: int) -> float:
-        return 6.0 * (layers * per_layer + once) + 6.0 * layers * te * m.model_dim
+        return 6.0 * (layers * per_layer + once) + attention_flops_per_token(layers, te, m.model_dim)
 
     looping = m.num_loops > 0
     return PhaseFlops(flat=f(flat_l), looped=f(looped_l) if looping else f(flat_l), layers=(flat_l, looped_l),
