@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # One device call for what is built but not yet timed on a GPU, each step time-boxed:
-#   1. GPU tests of model.norm_rope_kernel and model.fused_xsa_gate (its backward kernel now takes three row sums
-#      per head, not four; tests/test_{q_norm_rope,xsa_gate}.py: the Triton kernels against the torch bodies, the
-#      compiled bf16 model against the plain one);
-#   2. pr1855's micro-step (as shipped) against the same with model.norm_rope_kernel, before the loops (progress
-#      0.0, with one profiled step listing its 60 largest kernels) and after them (1.0) (model_step_bench.py;
-#      attention backend from ATTN, default varlen since fa4 needs a call of its own);
+#   1. GPU tests of model.fused_mlp_sign_bits and the fused MLP (tests/test_fused_mlp{_sign_bits,}.py: the
+#      Triton kernels against the torch bodies, the compiled bf16 model against the plain one);
+#   2. pr1855's micro-step (as shipped) against the same with VARIANT (model.fused_mlp_sign_bits), before the loops
+#      (progress 0.0, with one profiled step listing its 60 largest kernels) and after them (1.0)
+#      (model_step_bench.py; attention backend from ATTN, default varlen since fa4 needs a call of its own);
 #   3. one export of the initialized pr1855 (export_time.py, GPTQ on): calibration, quantization and write times;
 #   4. the row-op kernels alone (rowop_bench.py --sweep): xsa_gate and norm_rope against inductor's composed ops,
 #      GB/s, and each Triton kernel at 9 launch shapes (rows per program x warps) to pick their defaults;
@@ -19,16 +18,17 @@
 #   carry: .whl .carry      command: bash benchmarks/issue5_pending.sh           (about 8 minutes on one H200)
 #   env:   STEPS="1 2" (steps 4 and 5 in calls of their own: STEPS=4, about 3 minutes; STEPS=5, about 4)
 #          ATTN=varlen | PRESET=pr1855
-#          DATA=data/proxy_sp8192 | TESTS="tests/test_q_norm_rope.py tests/test_xsa_gate.py"
-#          VARIANT=nrk:model.norm_rope_kernel=true (NAME:key=value,key=value against the preset as is)
+#          DATA=data/proxy_sp8192 | TESTS="tests/test_fused_mlp_sign_bits.py tests/test_fused_mlp.py"
+#          VARIANT=sb:model.fused_mlp_sign_bits=true (NAME:key=value,key=value against the preset as is;
+#          earlier: nrk:model.norm_rope_kernel=true, measured on 2026-12-04)
 #          SKIP_SETUP=1: do not source device_env.sh (a CPU dry run:
 #          OUT=/tmp/o SKIP_SETUP=1 PRESET=tiny DATA=data/demo_sp1024 STEPS="2 3" bash benchmarks/issue5_pending.sh)
 # Every result lands in $OUT; a step that fails or times out does not stop the next.
 set -uo pipefail
 OUT="${OUT:?set OUT}"
 STEPS="${STEPS:-1 2}" ATTN="${ATTN:-varlen}" PRESET="${PRESET:-pr1855}" DATA="${DATA:-data/proxy_sp8192}"
-VARIANT="${VARIANT:-nrk:model.norm_rope_kernel=true}"
-TESTS="${TESTS:-tests/test_q_norm_rope.py tests/test_xsa_gate.py}"
+VARIANT="${VARIANT:-sb:model.fused_mlp_sign_bits=true}"
+TESTS="${TESTS:-tests/test_fused_mlp_sign_bits.py tests/test_fused_mlp.py}"
 mkdir -p "$OUT"
 if [ -z "${SKIP_SETUP:-}" ]; then
   source benchmarks/device_env.sh sp8192 > "$OUT/setup.log" 2>&1 || { tail -5 "$OUT/setup.log"; exit 1; }

@@ -97,6 +97,9 @@ class ModelConfig:
     embed_init: str = "normal"  # normal | overtone (2026-03-19 Overtone record)
     fused_ce: bool = False  # training loss: softcap + CE in one Triton kernel, eval unchanged (PR #1787; TOP #1855)
     fused_mlp: bool = False  # (leaky) relu² in the epilogue of the MLP's GEMMs, one Triton kernel each way (TOP #1855)
+    # the fused MLP keeps post and a bit per hidden unit (pre > 0) for its backward, not pre: act'(pre) from
+    # sqrt(post); pre's (tokens x hidden) write, read and memory go, gradients within bf16 rounding (model/fused_mlp.py)
+    fused_mlp_sign_bits: bool = False
     # training loss as one op: head GEMM, softcapped CE and the gradient in one pass over the logits, the head's
     # backward GEMMs in the forward (model/fused_head_ce.py); supersedes fused_ce, eval unchanged
     fused_head_ce: bool = False
@@ -177,6 +180,9 @@ class ModelConfig:
                              f"{self.vocab_size} > 16384; use model.fused_ce")
         if self.fused_mlp and self.mlp_act == "swiglu":
             raise ValueError("model.fused_mlp=True fuses relu2 / leaky_relu2; model.mlp_act='swiglu' has no fused kernel")
+        if self.fused_mlp_sign_bits and not (self.fused_mlp and self.mlp_hidden % 64 == 0):
+            raise ValueError(f"model.fused_mlp_sign_bits needs model.fused_mlp=True and a hidden width that is a "
+                             f"multiple of 64 (got fused_mlp={self.fused_mlp}, hidden {self.mlp_hidden})")
         if not 0.0 <= self.mlp_leaky_slope < 1.0:
             raise ValueError(f"model.mlp_leaky_slope must be in [0, 1), got {self.mlp_leaky_slope}")
         if self.num_loops < 0:

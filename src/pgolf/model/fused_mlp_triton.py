@@ -7,6 +7,9 @@ activation, so the (M, hidden) activations make one trip through HBM instead of 
     forward   C = pre = A B^T                    AUX <- post = leaky(pre, s)^2      (A = x, B = W_fc)
     backward  C = g_pre = (A B^T) * act'(AUX)    act'(p) = 2p (p > 0), 2 s^2 p      (A = g_out, B = W_proj^T, AUX = pre)
 
+With SIGN_BITS (``model.fused_mlp_sign_bits``) the forward writes post and one bit per element, pre > 0, packed
+eight to a byte (BITS: M x N/8 uint8; bit j of byte g is column 8 g + j), instead of pre; the backward reads post
+and those bits, ``act'(pre) = 2 sqrt(post)`` (pre > 0) or ``-2 |s| sqrt(post)``, so pre never goes to HBM.
 post is computed from pre rounded to the output dtype, as the unfused graph does. Output tiles are walked in groups
 of GROUP_M row tiles, so consecutive tiles share B tiles in L2. K must be a multiple of 64 (checked by the launcher;
 model widths are multiples of 64). Two kernels compute the same thing:
@@ -42,11 +45,51 @@ CONFIGS = [
 ]
 
 
-@triton.autotune(configs=CONFIGS, key=["M", "N", "K", "BACKWARD"])
 @triton.jit
-def gemm_act_kernel(a_ptr, b_ptr, c_ptr, aux_ptr, M, N, K, stride_am, stride_ak, stride_bn, stride_bk,
-                    stride_cm, stride_cn, slope, BACKWARD: tl.constexpr, BLOCK_M: tl.constexpr,
-                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+def _post(pre, slope):
+    """leaky(pre, s)^2 in fp32 from pre as stored (rounded to the output dtype)."""
+    p = pre.to(tl.float32)
+    act = tl.where(p > 0, p, slope * p)
+    return act * act
+
+
+@triton.jit
+def _times_act_grad(acc, saved, bits_ptr, bits_off, bits_mask, slope, SIGN_BITS: tl.constexpr,
+                    BLOCK_M: tl.constexpr, COLS: tl.constexpr):
+    """acc * act'(pre) from pre (saved = pre) or, with SIGN_BITS, from post (saved) and pre's packed signs (the
+    bytes at bits_ptr + bits_off); slope is |s| there."""
+    v = saved.to(tl.float32)
+    if SIGN_BITS:
+        bits = tl.load(bits_ptr + bits_off, mask=bits_mask, other=0).to(tl.int32)
+        expanded = (bits[:, :, None] >> tl.arange(0, 8)[None, None, :]) & 1
+        positive = tl.reshape(expanded, (BLOCK_M, COLS)) != 0
+        r = tl.sqrt(v)
+        factor = tl.where(positive, 2.0 * r, (-2.0 * slope) * r)
+    else:
+        factor = tl.where(v > 0, 2.0 * v, (2.0 * slope * slope) * v)
+    return acc * factor
+
+
+@triton.jit
+def _pack_signs(pre, BLOCK_M: tl.constexpr, COLS: tl.constexpr):
+    """(BLOCK_M, COLS) -> (BLOCK_M, COLS / 8) uint8: bit j of byte g is pre[:, 8 g + j] > 0."""
+    positive = tl.reshape((pre.to(tl.float32) > 0).to(tl.int32), (BLOCK_M, COLS // 8, 8))
+    return tl.sum(positive * (1 << tl.arange(0, 8))[None, None, :], axis=2).to(tl.uint8)
+
+
+@triton.jit
+def _bit_offsets(rows, first_col, M, N, COLS: tl.constexpr):
+    """Offsets and mask of the sign bytes of `rows` x columns [first_col, first_col + COLS) in an (M, N/8) tensor."""
+    groups = first_col // 8 + tl.arange(0, COLS // 8)
+    offsets = rows[:, None].to(tl.int64) * (N // 8) + groups[None, :]
+    return offsets, (rows < M)[:, None] & (groups < N // 8)[None, :]
+
+
+@triton.autotune(configs=CONFIGS, key=["M", "N", "K", "BACKWARD", "SIGN_BITS"])
+@triton.jit
+def gemm_act_kernel(a_ptr, b_ptr, c_ptr, aux_ptr, bits_ptr, M, N, K, stride_am, stride_ak, stride_bn, stride_bk,
+                    stride_cm, stride_cn, slope, BACKWARD: tl.constexpr, SIGN_BITS: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     pid = tl.program_id(0)
     tiles_m, tiles_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
     per_group = GROUP_M * tiles_n
@@ -71,16 +114,20 @@ def gemm_act_kernel(a_ptr, b_ptr, c_ptr, aux_ptr, M, N, K, stride_am, stride_ak,
 
     out_mask = in_m[:, None] & in_n[None, :]
     c_off = rm[:, None] * stride_cm + rn[None, :] * stride_cn
+    bits_off, bits_mask = _bit_offsets(rm, tile_n * BLOCK_N, M, N, BLOCK_N)
     if BACKWARD:
-        pre = tl.load(aux_ptr + c_off, mask=out_mask, other=0.0).to(tl.float32)
-        grad = acc * tl.where(pre > 0, 2.0 * pre, (2.0 * slope * slope) * pre)
+        saved = tl.load(aux_ptr + c_off, mask=out_mask, other=0.0)
+        grad = _times_act_grad(acc, saved, bits_ptr, bits_off, bits_mask, slope, SIGN_BITS, BLOCK_M, BLOCK_N)
         tl.store(c_ptr + c_off, grad.to(c_ptr.dtype.element_ty), mask=out_mask)
     else:
         pre = acc.to(c_ptr.dtype.element_ty)
-        tl.store(c_ptr + c_off, pre, mask=out_mask)
-        p = pre.to(tl.float32)
-        act = tl.where(p > 0, p, slope * p)
-        tl.store(aux_ptr + c_off, (act * act).to(aux_ptr.dtype.element_ty), mask=out_mask)
+        post = _post(pre, slope).to(c_ptr.dtype.element_ty)
+        if SIGN_BITS:
+            tl.store(c_ptr + c_off, post, mask=out_mask)
+            tl.store(bits_ptr + bits_off, _pack_signs(pre, BLOCK_M, BLOCK_N), mask=bits_mask)
+        else:
+            tl.store(c_ptr + c_off, pre, mask=out_mask)
+            tl.store(aux_ptr + c_off, post, mask=out_mask)
 
 
 def _set_tma_blocks(nargs: dict) -> None:
@@ -107,25 +154,30 @@ TMA_CONFIGS = [
 
 
 @triton.jit
-def _epilogue_half(acc, c_desc, aux_desc, off_m, off_n, slope, BACKWARD: tl.constexpr):
-    """Store one (BLOCK_M, BLOCK_N / 2) half of the output tile with the activation (see the module formulas)."""
+def _epilogue_half(acc, c_desc, aux_desc, bits_ptr, off_m, off_n, M, N, slope, BACKWARD: tl.constexpr,
+                   SIGN_BITS: tl.constexpr, BLOCK_M: tl.constexpr, COLS: tl.constexpr):
+    """Store one (BLOCK_M, COLS = BLOCK_N / 2) half of the output tile with the activation (the module formulas)."""
+    bits_off, bits_mask = _bit_offsets(off_m + tl.arange(0, BLOCK_M), off_n, M, N, COLS)
     if BACKWARD:
-        pre = aux_desc.load([off_m, off_n]).to(tl.float32)
-        grad = acc * tl.where(pre > 0, 2.0 * pre, (2.0 * slope * slope) * pre)
+        grad = _times_act_grad(acc, aux_desc.load([off_m, off_n]), bits_ptr, bits_off, bits_mask, slope, SIGN_BITS,
+                               BLOCK_M, COLS)
         c_desc.store([off_m, off_n], grad.to(c_desc.dtype))
     else:
         pre = acc.to(c_desc.dtype)
-        c_desc.store([off_m, off_n], pre)
-        p = pre.to(tl.float32)
-        act = tl.where(p > 0, p, slope * p)
-        aux_desc.store([off_m, off_n], (act * act).to(aux_desc.dtype))
+        post = _post(pre, slope).to(c_desc.dtype)
+        if SIGN_BITS:
+            c_desc.store([off_m, off_n], post)
+            tl.store(bits_ptr + bits_off, _pack_signs(pre, BLOCK_M, COLS), mask=bits_mask)
+        else:
+            c_desc.store([off_m, off_n], pre)
+            aux_desc.store([off_m, off_n], post)
 
 
-@triton.autotune(configs=TMA_CONFIGS, key=["M", "N", "K", "BACKWARD", "B_KN"])
+@triton.autotune(configs=TMA_CONFIGS, key=["M", "N", "K", "BACKWARD", "B_KN", "SIGN_BITS"])
 @triton.jit
-def gemm_act_tma_kernel(a_desc, b_desc, c_desc, aux_desc, M, N, K, slope, NUM_SMS: tl.constexpr,
-                        BACKWARD: tl.constexpr, B_KN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                        BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+def gemm_act_tma_kernel(a_desc, b_desc, c_desc, aux_desc, bits_ptr, M, N, K, slope, NUM_SMS: tl.constexpr,
+                        BACKWARD: tl.constexpr, B_KN: tl.constexpr, SIGN_BITS: tl.constexpr, BLOCK_M: tl.constexpr,
+                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """B_KN: b_desc is over B^T (K x N, unit-stride rows), else over B (N x K)."""
     tiles_m, tiles_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
     per_group = GROUP_M * tiles_n
@@ -142,8 +194,11 @@ def gemm_act_tma_kernel(a_desc, b_desc, c_desc, aux_desc, M, N, K, slope, NUM_SM
             else:
                 acc = tl.dot(a, b_desc.load([off_n, k * BLOCK_K]).T, acc)
         left, right = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
-        _epilogue_half(left, c_desc, aux_desc, off_m, off_n, slope, BACKWARD)
-        _epilogue_half(right, c_desc, aux_desc, off_m, off_n + BLOCK_N // 2, slope, BACKWARD)
+        half: tl.constexpr = BLOCK_N // 2
+        _epilogue_half(left, c_desc, aux_desc, bits_ptr, off_m, off_n, M, N, slope, BACKWARD, SIGN_BITS, BLOCK_M,
+                       half)
+        _epilogue_half(right, c_desc, aux_desc, bits_ptr, off_m, off_n + half, M, N, slope, BACKWARD, SIGN_BITS,
+                       BLOCK_M, half)
 
 
 def _unit_rows(t: torch.Tensor) -> bool:
@@ -168,9 +223,10 @@ def _use_tma(a: torch.Tensor) -> bool:
 
 
 def gemm_act(a: torch.Tensor, b: torch.Tensor, slope: float, aux: torch.Tensor | None = None,
-             config: triton.Config | None = None, tma: bool | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
-    """Forward (aux None): (pre, post) = (a b^T, leaky(pre)^2). Backward: (a b^T) * act'(aux), aux = pre.
+             config: triton.Config | None = None, tma: bool | None = None, sign_bits: bool = False,
+             bits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+    """Forward (aux None): (pre, post) = (a b^T, leaky(pre)^2), or with `sign_bits` (post, bits of pre > 0).
+    Backward: (a b^T) * act'(pre), from aux = pre, or from aux = post and `bits` (the forward's).
     `tma`: None picks the TMA kernel where it can run (Hopper, `tma_layout`), else the pointer kernel; True or False
     forces one. `config`: launch with these tiles (one of TMA_CONFIGS or CONFIGS) instead of the autotuned choice
     (sweeps; TRITON_INTERPRET=1 on CPU, where the autotuner has no device to time on)."""
@@ -180,18 +236,31 @@ def gemm_act(a: torch.Tensor, b: torch.Tensor, slope: float, aux: torch.Tensor |
         raise ValueError(f"fused_mlp kernel: a {tuple(a.shape)} and b {tuple(b.shape)} need equal K, a multiple of 64")
     c = torch.empty((M, N), device=a.device, dtype=a.dtype)
     backward = aux is not None
+    sign_bits = sign_bits or bits is not None
+    if sign_bits and N % 64:
+        raise ValueError(f"fused_mlp kernel: sign bits need N a multiple of 64, got {N}")
     if not backward:
-        aux = torch.empty_like(c)
+        aux = c if sign_bits else torch.empty_like(c)  # with sign bits c holds post and aux is not written
+        bits = torch.empty((M, N // 8), device=a.device, dtype=torch.uint8) if sign_bits else None
     elif aux.shape != c.shape or aux.stride() != c.stride():
         raise ValueError(f"fused_mlp kernel: aux {tuple(aux.shape)} must be a contiguous ({M}, {N}) tensor")
+    elif bits is not None and (bits.shape != (M, N // 8) or bits.dtype != torch.uint8 or not bits.is_contiguous()):
+        raise ValueError(f"fused_mlp kernel: bits {tuple(bits.shape)} {bits.dtype} must be contiguous ({M}, {N // 8})"
+                         f" uint8")
+    # the backward with sign bits uses |s| (act'(pre) = -2 |s| sqrt(post) for pre < 0)
+    kernel_slope = abs(float(slope)) if (backward and sign_bits) else float(slope)
+    bits_arg = bits if sign_bits else c  # never read or written without sign bits
     b_kn = tma_layout(a, b)
     if tma and b_kn is None:
         raise ValueError(f"fused_mlp kernel: strides a {a.stride()}, b {b.stride()} cannot be read through TMA")
+    launch = (c, aux, bits_arg, kernel_slope, backward, sign_bits, config)
     if b_kn is not None and (tma or (tma is None and _use_tma(a))):
-        _launch_tma(a, b, c, aux, b_kn, slope, backward, config)
+        _launch_tma(a, b, b_kn, *launch)
     else:
-        _launch_pointer(a, b, c, aux, slope, backward, config)
-    return c if backward else (c, aux)
+        _launch_pointer(a, b, *launch)
+    if backward:
+        return c
+    return (c, bits) if sign_bits else (c, aux)
 
 
 @functools.cache
@@ -199,7 +268,8 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _launch_tma(a, b, c, aux, b_kn: bool, slope: float, backward: bool, config: triton.Config | None) -> None:
+def _launch_tma(a, b, b_kn: bool, c, aux, bits, slope: float, backward: bool, sign_bits: bool,
+                config: triton.Config | None) -> None:
     (M, K), N = a.shape, b.shape[0]
     sms = _sm_count(a.device) if a.is_cuda else 4  # 4 programs in the interpreter
     descs = [TensorDescriptor.from_tensor(t, [64, 64]) for t in (a, b.t() if b_kn else b, c, aux)]  # see pre_hook
@@ -207,7 +277,8 @@ def _launch_tma(a, b, c, aux, b_kn: bool, slope: float, backward: bool, config: 
     def grid(meta):
         return (min(sms, triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])),)
 
-    args, flags = (*descs, M, N, K, float(slope)), {"NUM_SMS": sms, "BACKWARD": backward, "B_KN": b_kn}
+    args = (*descs, bits, M, N, K, slope)
+    flags = {"NUM_SMS": sms, "BACKWARD": backward, "B_KN": b_kn, "SIGN_BITS": sign_bits}
     if config is None:
         gemm_act_tma_kernel[grid](*args, **flags)
         return
@@ -217,16 +288,17 @@ def _launch_tma(a, b, c, aux, b_kn: bool, slope: float, backward: bool, config: 
                                                 num_stages=config.num_stages)
 
 
-def _launch_pointer(a, b, c, aux, slope: float, backward: bool, config: triton.Config | None) -> None:
+def _launch_pointer(a, b, c, aux, bits, slope: float, backward: bool, sign_bits: bool,
+                    config: triton.Config | None) -> None:
     (M, K), N = a.shape, b.shape[0]
 
     def grid(meta):
         return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
 
-    args = (a, b, c, aux, M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
-            float(slope))
+    args = (a, b, c, aux, bits, M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0),
+            c.stride(1), slope)
     if config is None:
-        gemm_act_kernel[grid](*args, BACKWARD=backward)
+        gemm_act_kernel[grid](*args, BACKWARD=backward, SIGN_BITS=sign_bits)
     else:
-        gemm_act_kernel.fn[grid(config.kwargs)](*args, BACKWARD=backward, **config.kwargs,
+        gemm_act_kernel.fn[grid(config.kwargs)](*args, BACKWARD=backward, SIGN_BITS=sign_bits, **config.kwargs,
                                                   num_warps=config.num_warps, num_stages=config.num_stages)

@@ -34,6 +34,7 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.act, self.slope, self.fused = cfg.mlp_act, cfg.mlp_leaky_slope, cfg.fused_mlp
+        self.sign_bits = cfg.fused_mlp_sign_bits
         hidden = mlp_hidden_dim(cfg)
         self.fc = CastedLinear(cfg.model_dim, 2 * hidden if self.act == "swiglu" else hidden)
         self.proj = CastedLinear(hidden, cfg.model_dim, zero_init=True)
@@ -42,7 +43,7 @@ class MLP(nn.Module):
         """out_scale: (d,) folded into ``proj``'s weight rows (``model.fold_branch_scales``)."""
         if self.fused:  # one kernel per direction carries the activation (fused_mlp.py); relu² is slope 0
             slope = self.slope if self.act == "leaky_relu2" else 0.0
-            return fused_mlp(x, self.fc.effective_weight(), self.proj.scaled_weight(out_scale), slope)
+            return fused_mlp(x, self.fc.effective_weight(), self.proj.scaled_weight(out_scale), slope, self.sign_bits)
         h = self.fc(x)
         if self.act == "relu2":
             h = torch.relu(h).square()
