@@ -181,6 +181,7 @@ def gemm_act_tma_kernel(a_desc, b_desc, c_desc, aux_desc, bits_ptr, M, N, K, slo
     """B_KN: b_desc is over B^T (K x N, unit-stride rows), else over B (N x K)."""
     tiles_m, tiles_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
     per_group = GROUP_M * tiles_n
+    half: tl.constexpr = BLOCK_N // 2
     for tile in tl.range(tl.program_id(0), tiles_m * tiles_n, NUM_SMS, flatten=True):
         first_m = (tile // per_group) * GROUP_M
         rows_in_group = tl.minimum(tiles_m - first_m, GROUP_M)
@@ -194,7 +195,6 @@ def gemm_act_tma_kernel(a_desc, b_desc, c_desc, aux_desc, bits_ptr, M, N, K, slo
             else:
                 acc = tl.dot(a, b_desc.load([off_n, k * BLOCK_K]).T, acc)
         left, right = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
-        half: tl.constexpr = BLOCK_N // 2
         _epilogue_half(left, c_desc, aux_desc, bits_ptr, off_m, off_n, M, N, slope, BACKWARD, SIGN_BITS, BLOCK_M,
                        half)
         _epilogue_half(right, c_desc, aux_desc, bits_ptr, off_m, off_n + half, M, N, slope, BACKWARD, SIGN_BITS,
