@@ -12,6 +12,8 @@ One step = ``out = MLP(x); out.backward(g)`` with x (N, D) requiring grad and bo
     fused_compiled  torch.compile(fullgraph=True) of fused_mlp (the way the training loop runs it); on Hopper its
                     GEMM+activation is the TMA kernel
     fused_compiled_pointer  the same with PGOLF_FUSED_MLP_TMA=0: the pointer kernel (what the TMA kernel gains)
+    fused_compiled_sign_bits  fused_compiled with sign_bits (model.fused_mlp_sign_bits): post and pre's signs kept
+                    for the backward instead of pre
     record          with --record-script PATH (e.g. .peers/pr1855_train_gpt.py, see issue5_throughput.sh): that
                     script's own fused MLP autograd function, loaded from the file (benchmarks/shims on the path
                     for its flash_attn_interface import), slope 0.5 only, eager as the record calls it
@@ -29,6 +31,7 @@ output difference from the compiled variant relative to its largest output.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import os
 import sys
@@ -44,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pgolf.model import fused_mlp as fm
 from step_timer import bench_cli, kernel_table, time_call, time_steps
 
-VARIANTS = ("compiled", "fused", "fused_compiled", "fused_compiled_pointer")
+VARIANTS = ("compiled", "fused", "fused_compiled", "fused_compiled_pointer", "fused_compiled_sign_bits")
 SHIMS = Path(__file__).resolve().parent / "shims"
 
 
@@ -70,6 +73,8 @@ def make_fn(variant: str, record_script: Path | None = None):
     if variant == "record":
         return record_mlp(record_script)
     fn = unfused if variant == "compiled" else fm.fused_mlp
+    if variant.endswith("sign_bits"):
+        fn = functools.partial(fm.fused_mlp, sign_bits=True)
     return torch.compile(fn, fullgraph=True, dynamic=False) if "compiled" in variant else fn
 
 

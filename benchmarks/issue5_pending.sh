@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call for what is built but not yet timed on a GPU, each step time-boxed:
 #   1. GPU tests of model.fused_mlp_sign_bits and the fused MLP (tests/test_fused_mlp{_sign_bits,}.py: the
-#      Triton kernels against the torch bodies, the compiled bf16 model against the plain one);
+#      Triton kernels against the torch bodies, the compiled bf16 model against the plain one), then the MLP alone
+#      with and without sign bits (fused_mlp_bench.py, one micro-batch, forward + backward);
 #   2. pr1855's micro-step (as shipped) against the same with VARIANT (model.fused_mlp_sign_bits), before the loops
 #      (progress 0.0, with one profiled step listing its 60 largest kernels) and after them (1.0)
 #      (model_step_bench.py; attention backend from ATTN, default varlen since fa4 needs a call of its own);
@@ -46,6 +47,8 @@ run() {  # run NAME SECONDS CMD...: output to $OUT/NAME.log, its tail printed, r
 }
 if step 1; then
   run gputests 240 python3 -m pytest -q -m gpu -p no:cacheprovider $TESTS
+  run fused_mlp_bench 150 python3 benchmarks/fused_mlp_bench.py --variants compiled fused_compiled \
+    fused_compiled_sign_bits --out "$OUT/fused_mlp_bench.json"
 fi
 if step 2; then
   for p in 0.0 1.0; do
