@@ -125,7 +125,7 @@ for (m, d, h, slope), cfg, tma in [((300, 64, 320, 0.5), 0, False), ((200, 64, 1
     x, w_fc, w_proj = torch.randn(m, d), torch.randn(h, d) / d ** 0.5, torch.randn(d, h) / h ** 0.5
     config = (k.TMA_CONFIGS if tma else k.CONFIGS)[cfg]
     pre, post = k.gemm_act(x, w_fc, slope, config=config, tma=tma)
-    post2, bits = k.gemm_act(x, w_fc, slope, config=config, tma=tma, sign_bits=True)
+    bits, post2 = k.gemm_act(x, w_fc, slope, config=config, tma=tma, sign_bits=True)
     assert torch.equal(post2, post) and torch.equal(bits, pack_signs(pre)), (m, h, tma)
     g = torch.randn(m, d)
     got = k.gemm_act(g, w_proj.t(), slope, aux=post, bits=bits, config=config, tma=tma)
@@ -150,7 +150,7 @@ def test_gpu_kernels_match_the_torch_bodies(tma, monkeypatch):
     from pgolf.model import fused_mlp_triton as k
 
     x, w_fc, w_proj = (t.detach() for t in operands(m=1000, d=128, h=512, dtype=torch.bfloat16, device="cuda"))
-    post, bits = k.gemm_act(x, w_fc, 0.5, tma=tma, sign_bits=True)
+    bits, post = k.gemm_act(x, w_fc, 0.5, tma=tma, sign_bits=True)
     pre_ref = x @ w_fc.t()
     torch.testing.assert_close(post.float(), F.leaky_relu(pre_ref.float(), 0.5).square(), atol=2e-2, rtol=2e-2)
     agree = (unpack_signs(bits) == (pre_ref > 0)).float().mean()

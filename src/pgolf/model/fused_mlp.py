@@ -69,8 +69,7 @@ def _fused_mlp(x: Tensor, w_fc: Tensor, w_proj: Tensor, slope: float,
     if uses_triton(x):
         from pgolf.model import fused_mlp_triton  # triton is imported only here
 
-        first, second = fused_mlp_triton.gemm_act(x.contiguous(), w_fc, slope, sign_bits=sign_bits)
-        kept, post = (second, first) if sign_bits else (first, second)
+        kept, post = fused_mlp_triton.gemm_act(x.contiguous(), w_fc, slope, sign_bits=sign_bits)
     else:
         pre = x @ w_fc.t()
         post = F.leaky_relu(pre.float(), slope).square().to(pre.dtype)

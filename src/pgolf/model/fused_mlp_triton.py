@@ -225,7 +225,8 @@ def _use_tma(a: torch.Tensor) -> bool:
 def gemm_act(a: torch.Tensor, b: torch.Tensor, slope: float, aux: torch.Tensor | None = None,
              config: triton.Config | None = None, tma: bool | None = None, sign_bits: bool = False,
              bits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
-    """Forward (aux None): (pre, post) = (a b^T, leaky(pre)^2), or with `sign_bits` (post, bits of pre > 0).
+    """Forward (aux None): (pre, post) = (a b^T, leaky(pre)^2), or with `sign_bits` (bits of pre > 0, post): what
+    the backward keeps, then post.
     Backward: (a b^T) * act'(pre), from aux = pre, or from aux = post and `bits` (the forward's).
     `tma`: None picks the TMA kernel where it can run (Hopper, `tma_layout`), else the pointer kernel; True or False
     forces one. `config`: launch with these tiles (one of TMA_CONFIGS or CONFIGS) instead of the autotuned choice
@@ -260,7 +261,7 @@ def gemm_act(a: torch.Tensor, b: torch.Tensor, slope: float, aux: torch.Tensor |
         _launch_pointer(a, b, *launch)
     if backward:
         return c
-    return (c, bits) if sign_bits else (c, aux)
+    return (bits, c) if sign_bits else (c, aux)
 
 
 @functools.cache
