@@ -155,12 +155,13 @@ def small_trained_like_gpt(vocab_size: int = 96, seed: int = 0):
 
 
 def perturbed_gpt(seed: int = 0, **model_kw):
-    """A 2-layer d=32 GPT (vocab 64) nudged off its zero-init projections, so every parameter gets a gradient: for
-    tests that compare a switch's loss and gradients with the plain model's."""
+    """A 2-layer d=32 GPT (vocab 64; `model_kw` may override any of these) nudged off its zero-init projections, so
+    every parameter gets a gradient: for tests that compare a switch's loss and gradients with the plain model's."""
     from pgolf.model.gpt import GPT
 
     torch.manual_seed(seed)
-    m = GPT(ModelConfig(vocab_size=64, num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2, **model_kw))
+    m = GPT(ModelConfig(**{"vocab_size": 64, "num_layers": 2, "model_dim": 32, "num_heads": 4, "num_kv_heads": 2,
+                           **model_kw}))
     with torch.no_grad():
         for p in m.parameters():
             p.add_(0.02 * torch.randn_like(p))

@@ -164,5 +164,6 @@ def test_gpu_kernels_match_the_torch_bodies(tma, monkeypatch):
 
 @pytest.mark.gpu
 def test_gpu_compiled_bf16_model_matches_plain():
-    base, bits = switch_pair({"fused_mlp_sign_bits": True}, **MLP_KW)
+    base, bits = switch_pair({"fused_mlp_sign_bits": True}, model_dim=64, **MLP_KW)  # d % 64 == 0: the Triton path
+    assert fm.uses_triton(torch.zeros(1, 64, device="cuda", dtype=torch.bfloat16))
     assert_compiled_bf16_agree(base.cuda(), bits.cuda(), *(t.cuda() for t in token_batch(5, (4, 64))))
