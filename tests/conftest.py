@@ -168,6 +168,23 @@ def perturbed_gpt(seed: int = 0, **model_kw):
     return m
 
 
+def mlp_operands(m=40, d=64, h=256, seed=0, device="cpu", dtype=torch.float32):
+    """[x (2, m/2, d), W_fc (h, d), W_proj (d, h)], each requiring grad: the fused-MLP tests' operands."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, m // 2, d, generator=g)
+    w_fc, w_proj = torch.randn(h, d, generator=g) / d ** 0.5, torch.randn(d, h, generator=g) / h ** 0.5
+    return [t.to(device=device, dtype=dtype).requires_grad_() for t in (x, w_fc, w_proj)]
+
+
+def out_and_grads(fn, args, g_out):
+    """(fn(*args) detached, [grad of each arg]) after backward(g_out), earlier grads cleared."""
+    for a in args:
+        a.grad = None
+    out = fn(*args)
+    out.backward(g_out)
+    return out.detach(), [a.grad.clone() for a in args]
+
+
 def loss_and_grads(m, x, y):
     """(loss, {name: grad}) of one forward and backward."""
     m.zero_grad()

@@ -9,7 +9,12 @@ import importlib.util
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import needs_triton_interpreter, run_in_triton_interpreter
+from conftest import (
+    mlp_operands,
+    needs_triton_interpreter,
+    out_and_grads,
+    run_in_triton_interpreter,
+)
 
 from pgolf.config import ModelConfig
 from pgolf.model import fused_mlp as fm
@@ -24,40 +29,25 @@ def plain(x, w_fc, w_proj, slope):
     return F.linear(F.leaky_relu(F.linear(x, w_fc), slope).square(), w_proj)
 
 
-def operands(m=40, d=64, h=256, seed=0, device="cpu", dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(2, m // 2, d, generator=g)
-    w_fc, w_proj = torch.randn(h, d, generator=g) / d ** 0.5, torch.randn(d, h, generator=g) / h ** 0.5
-    return [t.to(device=device, dtype=dtype).requires_grad_() for t in (x, w_fc, w_proj)]
-
-
-def grads(fn, args, g_out):
-    for a in args:
-        a.grad = None
-    out = fn(*args)
-    out.backward(g_out)
-    return out.detach(), [a.grad.clone() for a in args]
-
-
 # --- CPU: the op against the plain MLP ---
 
 @pytest.mark.parametrize("slope", [0.0, 0.5, 0.3])
 def test_op_matches_plain_mlp_forward_and_backward(slope):
-    args = operands()
+    args = mlp_operands()
     g_out = torch.randn(2, 20, 64, generator=torch.Generator().manual_seed(1))
-    out_p, grads_p = grads(lambda *a: plain(*a, slope), args, g_out)
-    out_f, grads_f = grads(lambda *a: fused_mlp(*a, slope), args, g_out)
+    out_p, grads_p = out_and_grads(lambda *a: plain(*a, slope), args, g_out)
+    out_f, grads_f = out_and_grads(lambda *a: fused_mlp(*a, slope), args, g_out)
     torch.testing.assert_close(out_f, out_p, atol=1e-5, rtol=1e-5)
     for name, a, b in zip(("x", "w_fc", "w_proj"), grads_f, grads_p):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=name)
 
 
 def test_op_traces_under_compile_fullgraph_and_passes_opcheck():
-    args = operands(m=16, d=64, h=128)
+    args = mlp_operands(m=16, d=64, h=128)
     g_out = torch.randn(2, 8, 64)
     compiled = torch.compile(lambda *a: fused_mlp(*a, 0.5), fullgraph=True, backend="aot_eager")
-    out_c, grads_c = grads(compiled, args, g_out)
-    out_e, grads_e = grads(lambda *a: plain(*a, 0.5), args, g_out)
+    out_c, grads_c = out_and_grads(compiled, args, g_out)
+    out_e, grads_e = out_and_grads(lambda *a: plain(*a, 0.5), args, g_out)
     torch.testing.assert_close(out_c, out_e, atol=1e-5, rtol=1e-5)
     for a, b in zip(grads_c, grads_e):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
@@ -136,12 +126,12 @@ def test_swiglu_has_no_fused_kernel():
 @pytest.mark.parametrize("m,d,h", [(4096, 512, 2048), (1000, 512, 2048), (777, 128, 320)])
 @pytest.mark.parametrize("slope", [0.5, 0.0])
 def test_triton_kernel_matches_fp32_math(m, d, h, slope):
-    args = operands(m=m, d=d, h=h, device="cuda", dtype=torch.bfloat16)
+    args = mlp_operands(m=m, d=d, h=h, device="cuda", dtype=torch.bfloat16)
     assert fm.uses_triton(args[0])
     g_out = torch.randn(2, m // 2, d, device="cuda", dtype=torch.bfloat16)
-    out_k, grads_k = grads(lambda *a: fused_mlp(*a, slope), args, g_out)
+    out_k, grads_k = out_and_grads(lambda *a: fused_mlp(*a, slope), args, g_out)
     ref = [a.detach().float().requires_grad_() for a in args]
-    out_r, grads_r = grads(lambda *a: plain(*a, slope), ref, g_out.float())
+    out_r, grads_r = out_and_grads(lambda *a: plain(*a, slope), ref, g_out.float())
     scale = out_r.abs().max()
     assert (out_k.float() - out_r).abs().max() < 2e-2 * scale
     for name, a, b in zip(("x", "w_fc", "w_proj"), grads_k, grads_r):
@@ -156,7 +146,7 @@ def test_tma_and_pointer_kernels_agree_forward_and_backward(m):
 
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("the TMA kernel needs Hopper")
-    x, w_fc, w_proj = (a.detach() for a in operands(m=m, d=512, h=2048, device="cuda", dtype=torch.bfloat16))
+    x, w_fc, w_proj = (a.detach() for a in mlp_operands(m=m, d=512, h=2048, device="cuda", dtype=torch.bfloat16))
     x = x.flatten(0, 1)
     fwd = {tma: kern.gemm_act(x, w_fc, 0.5, tma=tma) for tma in (True, False)}
     want = x.float() @ w_fc.float().t()
@@ -177,7 +167,7 @@ def test_tma_and_pointer_kernels_agree_forward_and_backward(m):
 def test_triton_kernel_pre_and_post_are_exact_roundings():
     from pgolf.model import fused_mlp_triton as kern
 
-    x, w_fc, _ = (a.detach() for a in operands(m=512, d=256, h=512, device="cuda", dtype=torch.bfloat16))
+    x, w_fc, _ = (a.detach() for a in mlp_operands(m=512, d=256, h=512, device="cuda", dtype=torch.bfloat16))
     pre, post = kern.gemm_act(x.flatten(0, 1), w_fc, 0.5)
     want = (x.flatten(0, 1).float() @ w_fc.float().t())
     assert (pre.float() - want).abs().max() < 1e-2 * want.abs().max()

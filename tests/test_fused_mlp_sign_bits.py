@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from conftest import (
     assert_compiled_bf16_agree,
     assert_same_loss_and_grads,
+    mlp_operands,
     needs_triton_interpreter,
+    out_and_grads,
     run_in_triton_interpreter,
     switch_pair,
     token_batch,
@@ -24,19 +26,8 @@ from pgolf.model.fused_mlp import fused_mlp, pack_signs, unpack_signs
 MLP_KW = {"fused_mlp": True, "mlp_act": "leaky_relu2"}
 
 
-def operands(m=48, d=64, h=256, seed=0, dtype=torch.float32, device="cpu"):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(m, d, generator=g)
-    w_fc, w_proj = torch.randn(h, d, generator=g) / d ** 0.5, torch.randn(d, h, generator=g) / h ** 0.5
-    return [t.to(device=device, dtype=dtype).requires_grad_() for t in (x, w_fc, w_proj)]
-
-
-def out_and_grads(args, slope, sign_bits, g_out):
-    for a in args:
-        a.grad = None
-    out = fused_mlp(*args, slope, sign_bits=sign_bits)
-    out.backward(g_out)
-    return out.detach(), [a.grad.clone() for a in args]
+def out_and_grads_of(args, slope, sign_bits, g_out):
+    return out_and_grads(lambda *a: fused_mlp(*a, slope, sign_bits=sign_bits), args, g_out)
 
 
 def test_pack_and_unpack_bit_layout():
@@ -50,23 +41,23 @@ def test_pack_and_unpack_bit_layout():
 
 @pytest.mark.parametrize("slope", [0.5, 0.0, 0.3])
 def test_same_forward_and_gradients_as_the_exact_path(slope):
-    args = operands()
-    g_out = torch.randn(48, 64, generator=torch.Generator().manual_seed(1))
-    out_e, grads_e = out_and_grads(args, slope, False, g_out)
-    out_b, grads_b = out_and_grads(args, slope, True, g_out)
+    args = mlp_operands()
+    g_out = torch.randn(2, 20, 64, generator=torch.Generator().manual_seed(1))
+    out_e, grads_e = out_and_grads_of(args, slope, False, g_out)
+    out_b, grads_b = out_and_grads_of(args, slope, True, g_out)
     assert torch.equal(out_b, out_e)  # the forward does not change
     for name, a, b in zip(("x", "w_fc", "w_proj"), grads_b, grads_e, strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)  # fp32: sqrt(post) = |leaky(pre)|
 
 
 def test_bf16_gradients_within_rounding_of_the_exact_path():
-    args = operands(dtype=torch.bfloat16, seed=2)
-    g_out = torch.randn(48, 64, generator=torch.Generator().manual_seed(3)).bfloat16()
-    ref = operands(dtype=torch.float64, seed=2)
-    _, grads_ref = out_and_grads(ref, 0.5, False, g_out.double())
+    args = mlp_operands(dtype=torch.bfloat16, seed=2)
+    g_out = torch.randn(2, 20, 64, generator=torch.Generator().manual_seed(3)).bfloat16()
+    ref = mlp_operands(dtype=torch.float64, seed=2)
+    _, grads_ref = out_and_grads_of(ref, 0.5, False, g_out.double())
     err = {}
     for sign_bits in (False, True):
-        _, grads = out_and_grads(args, 0.5, sign_bits, g_out)
+        _, grads = out_and_grads_of(args, 0.5, sign_bits, g_out)
         err[sign_bits] = [float((a.double() - want).norm() / want.norm()) for a, want in zip(grads, grads_ref)]
     for name, exact, bits in zip(("x", "w_fc", "w_proj"), err[False], err[True], strict=True):
         assert exact < 0.02 and bits < 1.25 * exact + 1e-3, (name, exact, bits)  # as close to fp64 as bf16 pre
@@ -74,7 +65,7 @@ def test_bf16_gradients_within_rounding_of_the_exact_path():
 
 def saved_hidden_tensors(sign_bits: bool) -> list[tuple[tuple[int, ...], torch.dtype]]:
     """Shapes and dtypes of what autograd keeps for the op's backward, (tokens x hidden)-sized or packed."""
-    x, w_fc, w_proj = operands()
+    x, w_fc, w_proj = mlp_operands()
     kept = []
 
     def pack(t):
@@ -83,17 +74,18 @@ def saved_hidden_tensors(sign_bits: bool) -> list[tuple[tuple[int, ...], torch.d
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fused_mlp(x, w_fc, w_proj, 0.5, sign_bits=sign_bits).sum().backward()
-    return [k for k in kept if k[0][0] == 48 and k[0][1] != 64]
+    return [k for k in kept if k[0][0] == 40 and k[0][1] != 64]
 
 
 def test_the_backward_keeps_post_and_bits_not_pre():
-    assert sorted(saved_hidden_tensors(False), key=str) == [((48, 256), torch.float32)] * 2  # pre, post
-    assert sorted(saved_hidden_tensors(True), key=str) == sorted([((48, 256), torch.float32),
-                                                                  ((48, 32), torch.uint8)], key=str)
+    assert sorted(saved_hidden_tensors(False), key=str) == [((40, 256), torch.float32)] * 2  # pre, post
+    assert sorted(saved_hidden_tensors(True), key=str) == sorted([((40, 256), torch.float32),
+                                                                  ((40, 32), torch.uint8)], key=str)
 
 
 def test_opcheck_with_sign_bits():
-    x, w_fc, w_proj = (t.detach() for t in operands(m=16, h=128))
+    x, w_fc, w_proj = (t.detach() for t in mlp_operands(m=16, h=128))
+    x = x.flatten(0, 1)  # the op takes (tokens, d)
     torch.library.opcheck(torch.ops.pgolf.fused_mlp.default, (x.requires_grad_(), w_fc, w_proj, 0.5, True))
     _, bits, post = torch.ops.pgolf.fused_mlp(x.detach(), w_fc, w_proj, 0.5, True)
     torch.library.opcheck(torch.ops.pgolf.fused_mlp_pre_grad.default, (torch.randn(16, 64), w_proj, post, bits, 0.5))
@@ -149,7 +141,8 @@ def test_triton_kernels_with_sign_bits_in_the_interpreter():
 def test_gpu_kernels_match_the_torch_bodies(tma, monkeypatch):
     from pgolf.model import fused_mlp_triton as k
 
-    x, w_fc, w_proj = (t.detach() for t in operands(m=1000, d=128, h=512, dtype=torch.bfloat16, device="cuda"))
+    x, w_fc, w_proj = (t.detach() for t in mlp_operands(m=1000, d=128, h=512, dtype=torch.bfloat16, device="cuda"))
+    x = x.flatten(0, 1)
     bits, post = k.gemm_act(x, w_fc, 0.5, tma=tma, sign_bits=True)
     pre_ref = x @ w_fc.t()
     torch.testing.assert_close(post.float(), F.leaky_relu(pre_ref.float(), 0.5).square(), atol=2e-2, rtol=2e-2)
