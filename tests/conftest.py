@@ -6,24 +6,29 @@ import dataclasses
 import importlib.util
 import os
 import random
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from pgolf.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, QuantConfig, RunConfig, TrainConfig
+from pgolf.config import (
+    DataConfig,
+    EvalConfig,
+    ModelConfig,
+    OptimConfig,
+    QuantConfig,
+    RunConfig,
+    TrainConfig,
+)
 from pgolf.data.shards import ShardWriter, shard_path, write_shard
 from pgolf.data.tokenizer import Byte260Tokenizer
 
 # The suite is many tiny tensor ops on a 2-core machine: one intra-op thread avoids pool contention.
 torch.set_num_threads(1)
 
-WORDS = ("the of and to in a is that for it as with was on be by this are from at or an have not which "
-         "government people nation congress year states united war peace law").split()
+WORDS = ["the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "with", "was", "on", "be", "by", "this", "are", "from", "at", "or", "an", "have", "not", "which", "government", "people", "nation", "congress", "year", "states", "united", "war", "peace", "law"]
 
 
 def make_byte_dataset(path, n_train=120, n_val=30, seed=0, shard_tokens=6000):
@@ -86,34 +91,26 @@ def train_cpu(cfg: RunConfig, run_dir, resume: bool = False, device: str = "cpu"
         shutdown(rt)
 
 
-def _ephemeral_low() -> int:
-    """The lowest port the kernel hands to outgoing connections (Linux: ip_local_port_range; else IANA's 49152)."""
+def spawn_ranks(worker, world: int, *args) -> None:
+    """Run ``worker(rank, world, port, *args)`` in `world` spawned processes the way torchrun does: this process
+    hosts the rendezvous store (the agent's part; port 0, so the kernel picks a free port and it stays bound until
+    the ranks are done) and every rank joins it as a client (TORCHELASTIC_USE_AGENT_STORE, set by `_as_rank`).
+    No rank hosts a store daemon of its own, so none tears one down at its exit while its peer still talks to it."""
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    store = dist.TCPStore("127.0.0.1", 0, world_size=None, is_master=True, wait_for_workers=False)
     try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 49152
-
-
-def free_port() -> int:
-    """A free TCP port for a spawned process group's store, below the ephemeral range: between this check and
-    rank 0's bind, no outgoing connection on the machine can be given it (a port from bind(0) could be)."""
-    low = _ephemeral_low()
-    for port in random.Random(os.getpid() ^ time.monotonic_ns()).sample(range(20000, max(low, 20001)), 64):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    with socket.socket() as s:  # a crowded range: the kernel's choice
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        mp.spawn(worker, args=(world, store.port, *args), nprocs=world, join=True)
+    finally:
+        del store
 
 
 def _as_rank(rank: int, world: int, port: int) -> None:
-    """The environment torchrun gives one rank (read by `pgolf.train.runtime.init_runtime`)."""
+    """The environment torchrun gives one rank (read by `pgolf.train.runtime.init_runtime`): its store is the
+    agent's, at `port` (`spawn_ranks`)."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+                      MASTER_PORT=str(port), TORCHELASTIC_USE_AGENT_STORE="True")
     torch.set_num_threads(1)
 
 

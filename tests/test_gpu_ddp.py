@@ -12,12 +12,11 @@ import json
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from conftest import (
     cuda_step_config,
     ddp_pipeline_worker,
     ddp_train_worker,
-    free_port,
+    spawn_ranks,
     train_cpu,
 )
 
@@ -33,7 +32,7 @@ def test_two_nccl_ranks_train_as_one_gpu(byte_dataset, tmp_path, mode):
     assert cfg.train.grad_accum(1) == 4 and cfg.train.grad_accum(2) == 2
     torch._dynamo.reset()
     single = train_cpu(cfg, tmp_path / "one", device="cuda")
-    mp.spawn(ddp_train_worker, args=(2, free_port(), str(tmp_path), cfg.to_dict(), "cuda"), nprocs=2, join=True)
+    spawn_ranks(ddp_train_worker, 2, str(tmp_path), cfg.to_dict(), "cuda")
     ranks = [torch.load(tmp_path / name, weights_only=False) for name in ("ddp.pt", "ddp_rank1.pt")]
     for k, v in ranks[0]["params"].items():  # DDP's invariant: every rank holds the same weights, bit for bit
         assert torch.equal(ranks[1]["params"][k], v), k
@@ -50,7 +49,7 @@ def test_pgolf_train_pipeline_under_two_nccl_ranks(byte_dataset, tmp_path):
     cfg = cuda_step_config(byte_dataset, tmp_path / "runs", batch_tokens=512, warmup_steps=2, compile=True,
                            iterations=8)
     cfg = dataclasses.replace(cfg, quant=dataclasses.replace(cfg.quant, keep_float_max_numel=256))
-    mp.spawn(ddp_pipeline_worker, args=(2, free_port(), cfg.to_dict(), "two"), nprocs=2, join=True)
+    spawn_ranks(ddp_pipeline_worker, 2, cfg.to_dict(), "two")
     summary = json.loads((tmp_path / "runs" / "two" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 8 and summary["valid"]
     assert summary["tokens_seen"] == 8 * 512

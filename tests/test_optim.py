@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 
 import pytest
@@ -26,6 +25,7 @@ from pgolf.optim.policy import (
     resolve_policy,
     with_rows,
 )
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
@@ -422,10 +422,10 @@ def _dist_worker(rank, world, port, out_dir):
 
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+    store = dist.TCPStore("127.0.0.1", port, is_master=False)  # a client of the test's store (it hosts it)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
     try:
         model = _model(layers=3)
         opt = build_optimizers(model, OptimConfig())  # process_group="auto" picks up the gloo group
@@ -436,12 +436,6 @@ def _dist_worker(rank, world, port, out_dir):
     finally:
         dist.destroy_process_group()
         torch.set_num_threads(threads)
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_muon_two_process_gloo_matches_single_process():
@@ -456,11 +450,11 @@ def test_muon_two_process_gloo_matches_single_process():
 
     # World 2: a spawned process is rank 1 and this process is rank 0 (one torch import instead of two).
     with tempfile.TemporaryDirectory() as out_dir:
-        port = _free_port()
-        child = mp.get_context("spawn").Process(target=_dist_worker, args=(1, 2, port, out_dir), daemon=True)
+        store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)  # port 0: the kernel's pick
+        child = mp.get_context("spawn").Process(target=_dist_worker, args=(1, 2, store.port, out_dir), daemon=True)
         child.start()
         try:
-            _dist_worker(0, 2, port, out_dir)
+            _dist_worker(0, 2, store.port, out_dir)
         finally:
             child.join(timeout=120)
             if child.is_alive():

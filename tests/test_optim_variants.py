@@ -10,13 +10,23 @@ import dataclasses
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from conftest import (
+    ddp_train_worker,
+    make_byte_dataset,
+    spawn_ranks,
+    tiny_run_config,
+    train_cpu,
+)
 from torch import nn
 
-from conftest import ddp_train_worker, free_port, make_byte_dataset, tiny_run_config, train_cpu
 from pgolf.config import ModelConfig, OptimConfig, TrainConfig
 from pgolf.model.gpt import GPT
-from pgolf.optim.builder import build_optimizers, check_optim_techniques, muon_momentum_at, wd_mul
+from pgolf.optim.builder import (
+    build_optimizers,
+    check_optim_techniques,
+    muon_momentum_at,
+    wd_mul,
+)
 from pgolf.optim.muon import (
     NS5_COEFFS,
     POLAR_EXPRESS_COEFFS,
@@ -294,7 +304,7 @@ def test_two_process_clip_and_optimizer_stack_equal_one_process(tmp_path):
     assert cfg.train.grad_accum(1) == 2 and cfg.train.grad_accum(2) == 1
     single = train_cpu(cfg, tmp_path / "one")
     assert single.averager is not None
-    mp.spawn(ddp_train_worker, args=(2, free_port(), str(tmp_path), cfg.to_dict()), nprocs=2, join=True)
+    spawn_ranks(ddp_train_worker, 2, str(tmp_path), cfg.to_dict())
     ddp = torch.load(tmp_path / "ddp.pt", weights_only=False)
     one = [p["train_loss"] for p in single.curve if "train_loss" in p]
     two = [p["train_loss"] for p in ddp["curve"] if "train_loss" in p]

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from conftest import (
     ddp_pipeline_worker,
     ddp_train_worker,
-    free_port,
     make_byte_dataset,
+    spawn_ranks,
     tiny_run_config,
     train_cpu,
     with_train,
@@ -96,17 +97,34 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(byte_dataset, tmp_path, m
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
-def test_free_port_is_below_the_ephemeral_range_and_free():
-    """The spawned tests' store port: bindable now, and outside the range the kernel gives outgoing connections
-    (one of which could take a bind(0) port before rank 0 binds it)."""
-    import socket
+def test_spawned_ranks_join_this_process_store_as_torchrun_agents_do(tmp_path):
+    """`spawn_ranks`: the ranks rendezvous through a store this process hosts (no rank hosts one), with the
+    environment torchrun gives them; a rank that fails fails the call."""
+    spawn_ranks(_store_probe_worker, 2, str(tmp_path))
+    seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [s["rank"] for s in seen] == [0, 1] and all(s["world"] == 2 and s["agent_store"] == "True" for s in seen)
+    assert [s["peer_sum"] for s in seen] == [1, 1]  # an all-reduce of the ranks over the group
+    with pytest.raises(Exception, match="(?i)process 1 terminated"):
+        spawn_ranks(_store_probe_worker, 2, str(tmp_path), 1)
 
-    from conftest import _ephemeral_low
 
-    ports = {free_port() for _ in range(8)}
-    assert all(20000 <= p < _ephemeral_low() for p in ports) and len(ports) > 1
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", ports.pop()))
+def _store_probe_worker(rank: int, world: int, port: int, out_dir: str, fail_rank: int = -1) -> None:
+    from conftest import _as_rank
+
+    from pgolf.train.runtime import init_runtime, shutdown
+
+    _as_rank(rank, world, port)
+    if rank == fail_rank:
+        raise RuntimeError(f"rank {rank} fails on purpose")
+    rt = init_runtime("cpu")
+    try:
+        t = torch.tensor(rank)
+        torch.distributed.all_reduce(t)
+        record = {"rank": rt.rank, "world": rt.world_size, "agent_store": os.environ["TORCHELASTIC_USE_AGENT_STORE"],
+                  "peer_sum": int(t)}
+        (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(record))
+    finally:
+        shutdown(rt)
 
 
 @pytest.mark.parametrize("clip", [0.0, 0.05])
@@ -116,7 +134,7 @@ def test_two_process_gloo_equals_one_process_with_accumulation(tmp_path, clip):
     cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, grad_clip_norm=clip))
     single = train_cpu(cfg, tmp_path / "one")
     assert cfg.train.grad_accum(1) == 2 and cfg.train.grad_accum(2) == 1
-    mp.spawn(ddp_train_worker, args=(2, free_port(), str(tmp_path), cfg.to_dict()), nprocs=2, join=True)
+    spawn_ranks(ddp_train_worker, 2, str(tmp_path), cfg.to_dict())
     ddp = torch.load(tmp_path / "ddp.pt", weights_only=False)
     one = [p["train_loss"] for p in single.curve if "train_loss" in p]
     two = [p["train_loss"] for p in ddp["curve"] if "train_loss" in p]
@@ -135,7 +153,7 @@ def test_pgolf_train_under_two_gloo_ranks_equals_one_process(tmp_path):
     cfg = tiny_run_config(data, tmp_path / "runs", iterations=4)  # 2 micro-batches: 1 per rank at world 2
     cfg = dataclasses.replace(cfg, quant=dataclasses.replace(cfg.quant, keep_float_max_numel=256))
     one = run(cfg, run_id="one")
-    mp.spawn(ddp_pipeline_worker, args=(2, free_port(), cfg.to_dict(), "two"), nprocs=2, join=True)
+    spawn_ranks(ddp_pipeline_worker, 2, cfg.to_dict(), "two")
     two = json.loads((tmp_path / "runs" / "two" / "summary.json").read_text())
     assert (one["world_size"], two["world_size"]) == (1, 2)
     assert sorted(p.name for p in (tmp_path / "runs" / "two").iterdir()) == sorted(
@@ -147,7 +165,7 @@ def test_pgolf_train_under_two_gloo_ranks_equals_one_process(tmp_path):
     assert two["bytes"]["model"] == pytest.approx(one["bytes"]["model"], rel=0.01)
 
 
-def test_ddp_wrapper_skips_the_buffer_sync_without_a_deprecation_warning(monkeypatch):
+def test_ddp_wrapper_skips_the_buffer_sync_without_a_deprecation_warning():
     """The rotary tables are equal on every rank, so DDP does not broadcast buffers before each forward; torch 2.13
     deprecates ``broadcast_buffers`` (a FutureWarning on every rank's log) for ``forward_sync_buffers``."""
     import warnings
@@ -155,11 +173,9 @@ def test_ddp_wrapper_skips_the_buffer_sync_without_a_deprecation_warning(monkeyp
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(free_port()))
     mod = torch.nn.Linear(2, 2)
     mod.register_buffer("table", torch.ones(3))
-    dist.init_process_group("gloo", rank=0, world_size=1)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
