@@ -42,10 +42,11 @@ def test_op_matches_plain_mlp_forward_and_backward(slope):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=name)
 
 
-def test_op_traces_under_compile_fullgraph_and_passes_opcheck():
+@pytest.mark.parametrize("sign_bits", [False, True])
+def test_op_traces_under_compile_fullgraph_and_passes_opcheck(sign_bits):
     args = mlp_operands(m=16, d=64, h=128)
     g_out = torch.randn(2, 8, 64)
-    compiled = torch.compile(lambda *a: fused_mlp(*a, 0.5), fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(lambda *a: fused_mlp(*a, 0.5, sign_bits=sign_bits), fullgraph=True, backend="aot_eager")
     out_c, grads_c = out_and_grads(compiled, args, g_out)
     out_e, grads_e = out_and_grads(lambda *a: plain(*a, 0.5), args, g_out)
     torch.testing.assert_close(out_c, out_e, atol=1e-5, rtol=1e-5)
@@ -53,7 +54,7 @@ def test_op_traces_under_compile_fullgraph_and_passes_opcheck():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     x, w_fc, w_proj = (a.detach().flatten(0, -2) if a.ndim == 3 else a.detach() for a in args)
     torch.library.opcheck(torch.ops.pgolf.fused_mlp.default, (x.requires_grad_(), w_fc.requires_grad_(),
-                                                              w_proj.requires_grad_(), 0.5))
+                                                              w_proj.requires_grad_(), 0.5, sign_bits))
 
 
 # --- CPU: the model switch ---
