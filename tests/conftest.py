@@ -13,22 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from pgolf.config import (
-    DataConfig,
-    EvalConfig,
-    ModelConfig,
-    OptimConfig,
-    QuantConfig,
-    RunConfig,
-    TrainConfig,
-)
+from pgolf.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, QuantConfig, RunConfig, TrainConfig
 from pgolf.data.shards import ShardWriter, shard_path, write_shard
 from pgolf.data.tokenizer import Byte260Tokenizer
 
 # The suite is many tiny tensor ops on a 2-core machine: one intra-op thread avoids pool contention.
 torch.set_num_threads(1)
 
-WORDS = ["the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "with", "was", "on", "be", "by", "this", "are", "from", "at", "or", "an", "have", "not", "which", "government", "people", "nation", "congress", "year", "states", "united", "war", "peace", "law"]
+WORDS = ("the of and to in a is that for it as with was on be by this are from at or an have not which "
+         "government people nation congress year states united war peace law").split()
 
 
 def make_byte_dataset(path, n_train=120, n_val=30, seed=0, shard_tokens=6000):

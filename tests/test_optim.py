@@ -26,7 +26,6 @@ from pgolf.optim.policy import (
     with_rows,
 )
 
-
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Tiny matrices: thread start-up and contention dominate, so run this module on one thread."""

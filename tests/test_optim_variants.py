@@ -10,23 +10,12 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import (
-    ddp_train_worker,
-    make_byte_dataset,
-    spawn_ranks,
-    tiny_run_config,
-    train_cpu,
-)
 from torch import nn
 
+from conftest import ddp_train_worker, make_byte_dataset, spawn_ranks, tiny_run_config, train_cpu
 from pgolf.config import ModelConfig, OptimConfig, TrainConfig
 from pgolf.model.gpt import GPT
-from pgolf.optim.builder import (
-    build_optimizers,
-    check_optim_techniques,
-    muon_momentum_at,
-    wd_mul,
-)
+from pgolf.optim.builder import build_optimizers, check_optim_techniques, muon_momentum_at, wd_mul
 from pgolf.optim.muon import (
     NS5_COEFFS,
     POLAR_EXPRESS_COEFFS,
