@@ -29,9 +29,9 @@ with empty segments to a fixed count (so one compiled graph serves every batch).
                   and converts them in two postprocess kernels (21 ms of a 730 ms pr1855 step). Measured on one H100
                   at --pad-to 320: 2.844 ms against fa4's 2.409, so the model keeps the GQA backward
     fa4_bwd_m64, fa4_bwd_m64_dq2wg, fa4_bwd_n64
-                  fa4's forward, then its SM90 backward with other tiles (FA4_BWD_CONFIGS, through
-                  sm90_bwd_config; its own at D = 64 is FA3's 128 x 128): the backward is 14% of a pr1855 step
-                  (104 of 732 ms on one H100), and it tiles each short document as the forward does
+                  fa4 with its SM90 backward on other tiles (model.fa4_bwd_tile, attn_fa4.SM90_BWD_TILES; its own
+                  at D = 64 is FA3's 128 x 128): the backward is 14% of a pr1855 step (104 of 732 ms on one H100),
+                  and it tiles each short document as the forward does
 
 Reported per variant: median ms per step, the largest output and gradient difference from fa2_varlen relative to
 its largest value, or the error a variant raised.
@@ -40,7 +40,6 @@ its largest value, or the error a variant raised.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import traceback
 from pathlib import Path
@@ -52,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pgolf.model.attn_backends import repeat_kv, require_varlen
+from pgolf.model.attn_fa4 import SM90_BWD_TILES
 from step_timer import bench_cli, time_steps
 
 FA4_FWD_OPTIONS = {  # keyword arguments of flash_attn.cute.interface._flash_attn_fwd
@@ -59,19 +59,9 @@ FA4_FWD_OPTIONS = {  # keyword arguments of flash_attn.cute.interface._flash_att
     "fa4_nopack": {"pack_gqa": False},
     "fa4_tile128_nopack": {"tile_mn": (128, 128), "pack_gqa": False},
 }
-# FA4's SM90 backward ignores its tile keywords and asks interface._tile_size_bwd_sm90 for a BwdConfig (at D <= 64
-# FA3's 128 x 128: m_block_size=128, n_block_size=128, stages 2/2/2, SdP_swapAB, AtomLayoutMSdP=1, NdKV=2, MdQ=2).
-# These variants answer it with other fields for the backward only; short documents waste less of a smaller tile.
-_FA3_D96 = {"m_block_size": 64, "n_block_size": 128, "num_stages_Q": 2, "num_stages_dO": 2, "num_stages_PdS": 2,
-            "SdP_swapAB": True, "dKV_swapAB": False, "dQ_swapAB": False, "AtomLayoutMSdP": 1, "AtomLayoutNdKV": 2,
-            "AtomLayoutMdQ": 1}
-FA4_BWD_CONFIGS = {
-    "fa4_bwd_m64": {**_FA3_D96, "dQ_single_wg": True},  # FA3's choice at D = 96: 64-row query tiles
-    "fa4_bwd_m64_dq2wg": _FA3_D96,  # the same with dQ over both warp groups (its choice at D = 128, causal)
-    "fa4_bwd_n64": {**_FA3_D96, "m_block_size": 128, "n_block_size": 64, "AtomLayoutNdKV": 1, "AtomLayoutMdQ": 2},
-}
+FA4_BWD_TILES = {f"fa4_bwd_{name}": name for name in SM90_BWD_TILES}  # model.fa4_bwd_tile=name
 VARIANTS = ("fa2_varlen", "cudnn_ragged", "cudnn_ragged_unpadded", "cudnn_njt", "fa4", "fa4_bwd_repeat",
-            *FA4_FWD_OPTIONS, *FA4_BWD_CONFIGS)
+            *FA4_FWD_OPTIONS, *FA4_BWD_TILES)
 
 
 def segment_batches(tokens: np.ndarray, rows: int, seq_len: int, bos_id: int, count: int, pad_to: int
@@ -154,34 +144,6 @@ class FA4RepeatKVBackward(FA4WithOptions):
         return dq, fold(dk), fold(dv), None, None, None
 
 
-@contextlib.contextmanager
-def sm90_bwd_config(fields: dict):
-    """FA4's SM90 backward planned with BwdConfig(**fields) instead of its own choice, inside the block."""
-    from pgolf.model.attn_fa4 import require_fa4
-
-    fa4 = require_fa4()
-    own = fa4._tile_size_bwd_sm90
-    fa4._tile_size_bwd_sm90 = lambda *args, **kwargs: fa4.BwdConfig(**fields)
-    try:
-        yield
-    finally:
-        fa4._tile_size_bwd_sm90 = own
-
-
-class FA4BwdConfig(FA4WithOptions):
-    """FA4's forward as is; its backward under `sm90_bwd_config(fields)`."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, cu, max_len, fields):
-        ctx.bwd_fields = fields
-        return FA4WithOptions.forward(ctx, q, k, v, cu, max_len, {})
-
-    @staticmethod
-    def backward(ctx, g):
-        with sm90_bwd_config(ctx.bwd_fields):
-            return FA4WithOptions.backward(ctx, g)
-
-
 def make_fn(variant: str, heads: int, seq_len: int):
     """attn(q, k, v, cu) on packed (N, H or Hkv, D) tensors; repeat_kv repeats heads along dim 1 as in the model."""
     if variant == "fa2_varlen":
@@ -199,8 +161,8 @@ def make_fn(variant: str, heads: int, seq_len: int):
         require_fa4()  # the install error, not a failure inside the op
         if variant in FA4_FWD_OPTIONS:
             return lambda q, k, v, cu: FA4WithOptions.apply(q, k, v, cu, seq_len, FA4_FWD_OPTIONS[variant])
-        if variant in FA4_BWD_CONFIGS:
-            return lambda q, k, v, cu: FA4BwdConfig.apply(q, k, v, cu, seq_len, FA4_BWD_CONFIGS[variant])
+        if variant in FA4_BWD_TILES:
+            return lambda q, k, v, cu: torch.ops.pgolf.fa4_varlen_fwd(q, k, v, cu, seq_len, FA4_BWD_TILES[variant])[0]
         if variant == "fa4_bwd_repeat":
             return lambda q, k, v, cu: FA4RepeatKVBackward.apply(q, k, v, cu, seq_len, {})
         return lambda q, k, v, cu: torch.ops.pgolf.fa4_varlen_fwd(q, k, v, cu, seq_len)[0]

@@ -97,29 +97,16 @@ def test_fa4_bwd_repeat_runs_the_backward_on_query_heads_and_keeps_fa4s_gradient
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=f"d{name}")
 
 
-@pytest.mark.parametrize("variant", list(bench.FA4_BWD_CONFIGS))
-def test_fa4_backward_configs_plan_only_the_backward_and_keep_fa4s_gradients(monkeypatch, variant):
+@pytest.mark.parametrize("variant", list(bench.FA4_BWD_TILES))
+def test_fa4_backward_tiles_plan_only_the_backward_and_keep_fa4s_gradients(monkeypatch, variant):
     import torch
 
     from pgolf.model import attn_fa4
     from pgolf.model.attn_backends import padded_cu_seqlens
     from test_attn_fa4 import ReferenceFA4, ids_with_docs
 
-    planned = []
-
-    class Planning(ReferenceFA4):  # the reference, asking for its SM90 backward plan as FA4's interface does
-        BwdConfig = dict
-
-        @staticmethod
-        def _tile_size_bwd_sm90(head_dim, head_dim_v, causal, local, sparse_block_size_q=None):
-            return "own"
-
-        @classmethod
-        def _flash_attn_bwd(cls, *a, **kw):
-            planned.append(cls._tile_size_bwd_sm90(8, 8, True, False))
-            return super()._flash_attn_bwd(*a, **kw)
-
-    monkeypatch.setattr(attn_fa4, "require_fa4", lambda: Planning)
+    monkeypatch.setattr(ReferenceFA4, "plans", ())
+    monkeypatch.setattr(attn_fa4, "require_fa4", lambda: ReferenceFA4)
     cu = padded_cu_seqlens(ids_with_docs(), bos_id=1, doc_isolated=True, size=16)
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(24, h, 8, generator=g).requires_grad_() for h in (4, 2, 2))
@@ -128,8 +115,7 @@ def test_fa4_backward_configs_plan_only_the_backward_and_keep_fa4s_gradients(mon
     grads = torch.autograd.grad((out * w).sum(), (q, k, v))
     ref = torch.ops.pgolf.fa4_varlen_fwd(q, k, v, cu, 12)[0]
     ref_grads = torch.autograd.grad((ref * w).sum(), (q, k, v))
-    assert planned == [bench.FA4_BWD_CONFIGS[variant], "own"]  # the variant's plan, then FA4's own again
-    assert Planning._tile_size_bwd_sm90(8, 8, True, False) == "own"
+    assert ReferenceFA4.plans == (attn_fa4.SM90_BWD_TILES[bench.FA4_BWD_TILES[variant]], "own")  # then fa4's own
     torch.testing.assert_close(out, ref)
     for a, b, name in zip(grads, ref_grads, "qkv"):
         torch.testing.assert_close(a, b, msg=f"d{name}")
