@@ -383,7 +383,8 @@ def test_end_to_end_tiny_pgolf_run_with_loops(byte_dataset, tmp_path, monkeypatc
     sets = ["data.tokenizer=byte260", "model.num_layers=2", "model.model_dim=32", "model.num_heads=2",
             "model.num_kv_heads=1", "model.num_loops=1", "model.loop_start=0", "model.loop_end=0",
             "model.loop_enable_at=0.5", "model.doc_isolated=true", "train.batch_tokens=256",
-            "train.micro_batch_tokens=128", "train.seq_len=32", "eval.batch_tokens=512", "train.device=cpu"]
+            "train.micro_batch_tokens=128", "train.seq_len=32", "eval.batch_tokens=512", "train.device=cpu",
+            "train.compile=false"]
     argv = ["--pgolf", "tiny", "--data", str(byte_dataset), "--seconds", "2", "--warmup-steps", "0",
             "--log-every", "5", "--out", str(out), "--workdir", str(tmp_path / "w"), "--stop-after-training"]
     assert tp.main(argv + [a for s in sets for a in ("--set", s)]) == 0
@@ -476,7 +477,8 @@ def test_profiled_throughput_run_reports_kernel_kinds_not_targets(byte_dataset, 
     monkeypatch.chdir(tmp_path)
     sets = ["data.tokenizer=byte260", "model.num_layers=1", "model.model_dim=32", "model.num_heads=2",
             "model.num_kv_heads=1", "train.batch_tokens=256", "train.micro_batch_tokens=128", "train.seq_len=32",
-            "eval.batch_tokens=512", "train.device=cpu", "train.iterations=16"]  # steps, not seconds, end it
+            "eval.batch_tokens=512", "train.device=cpu", "train.iterations=16",  # steps, not seconds, end it
+            "train.compile=false"]
     out = tmp_path / "tp.json"
     argv = ["--pgolf", "tiny", "--data", str(byte_dataset), "--seconds", "60", "--warmup-steps", "0",
             "--profile-steps", "3", "--profile-skip", "2", "--out", str(out), "--workdir", str(tmp_path / "w"),

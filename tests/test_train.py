@@ -297,3 +297,27 @@ def test_training_micro_batches_carry_cu_seqlens_built_on_the_host(byte_dataset,
     assert len(moved) == 1 and moved[0][2] is extra["cu_seqlens"]  # copied with the batch, in one call
     sdpa = GPT(cfg.model)
     assert train_step.next_micro_batch(build_loader(cfg.train, data), sdpa, cfg.train, torch.device("cpu"))[2] == {}
+
+
+def test_compile_on_cpu_without_a_cxx_compiler_names_the_field(monkeypatch):
+    """The tiny preset compiles on CPU (inductor builds C++): without a compiler the run stops at start with a
+    message that names train.compile, not inside its first compiled step."""
+    from torch._inductor import cpp_builder
+
+    def no_compiler():
+        raise RuntimeError("No working C++ compiler found")
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
+    with pytest.raises(RuntimeError, match=r"train.compile=true on CPU needs a C\+\+ compiler .*No working C\+\+ "
+                                           r"compiler found.*--set train.compile=false"):
+        loop.require_cpu_compiler(torch.device("cpu"))
+    loop.require_cpu_compiler(torch.device("cuda"))  # GPU runs build with Triton, not a C++ compiler
+    monkeypatch.undo()
+    loop.require_cpu_compiler(torch.device("cpu"))  # this machine has one
+
+
+def test_tiny_preset_compiles_with_its_warm_up_outside_the_clock():
+    from pgolf.presets import get_preset
+
+    tc = get_preset("tiny").train
+    assert tc.compile and tc.warmup_steps > 0 and tc.prime_eval

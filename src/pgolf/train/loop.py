@@ -83,6 +83,20 @@ def avoid_inductor_fusion_bug() -> None:
         inductor_config.triton.mix_order_reduction = False
 
 
+def require_cpu_compiler(device: torch.device) -> None:
+    """train.compile on CPU: inductor writes C++ and builds it with the compiler of $CXX (else g++); say so at start,
+    naming the field, instead of inside the first compiled step."""
+    if device.type != "cpu":
+        return
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except Exception as e:  # noqa: BLE001 (inductor's InvalidCxxCompiler, or whatever its probe raises)
+        raise RuntimeError(f"train.compile=true on CPU needs a C++ compiler for torch.compile ({e}); install g++ "
+                           "(or point $CXX at one), or --set train.compile=false") from None
+
+
 def no_buffer_sync() -> dict:
     """DDP's keyword for not broadcasting buffers before every forward (the rotary tables are the same on every
     rank): ``forward_sync_buffers=False`` where this torch has it (it deprecates ``broadcast_buffers``; it still syncs
@@ -156,6 +170,7 @@ def train_model(cfg: RunConfig, rt: Runtime, data: Dataset, run_dir: Path, log: 
     check_train_techniques(tc)
     qat = qat_mod.LateQAT.from_config(model, tc)  # before torch.compile: the flag must be a graph input
     if tc.compile:
+        require_cpu_compiler(rt.device)
         avoid_inductor_fusion_bug()
     compiled: nn.Module = torch.compile(model, **training_compile_kwargs(tc)) if tc.compile else model
     net: nn.Module = DDP(compiled, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None,
