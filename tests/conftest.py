@@ -93,10 +93,7 @@ def spawn_ranks(worker, world: int, *args) -> None:
     import torch.multiprocessing as mp
 
     store = dist.TCPStore("127.0.0.1", 0, world_size=None, is_master=True, wait_for_workers=False)
-    try:
-        mp.spawn(worker, args=(world, store.port, *args), nprocs=world, join=True)
-    finally:
-        del store
+    mp.spawn(worker, args=(world, store.port, *args), nprocs=world, join=True)
 
 
 def _as_rank(rank: int, world: int, port: int) -> None:
