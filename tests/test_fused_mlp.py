@@ -233,10 +233,7 @@ def test_triton_kernel_in_the_interpreter():
 
 def test_bench_writes_json_on_cpu(tmp_path):
     import json
-    import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import fused_mlp_bench
 
     out = tmp_path / "bench.json"

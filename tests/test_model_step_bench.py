@@ -6,10 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import model_step_bench as msb
+import pytest
 
 TINY = ["data.tokenizer=byte260", "model.num_layers=2", "model.model_dim=32", "model.num_heads=2",
         "model.num_kv_heads=1", "train.batch_tokens=128", "train.micro_batch_tokens=128", "train.seq_len=32",

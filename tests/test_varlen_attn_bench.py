@@ -1,13 +1,9 @@
 """benchmarks/varlen_attn_bench.py on CPU: the segment offsets it feeds both attention kernels (the timing needs CUDA)."""
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import varlen_attn_bench as bench
 

@@ -177,10 +177,7 @@ def test_triton_kernels_in_the_interpreter():
 def test_rowop_bench_writes_json_on_cpu(tmp_path):
     """benchmarks/rowop_bench.py end to end on CPU (torch bodies; the sweep reports that it needs CUDA)."""
     import json
-    import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import rowop_bench
 
     out = tmp_path / "rowop.json"
