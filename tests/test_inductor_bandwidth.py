@@ -6,16 +6,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
+import inductor_bandwidth as ib
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "inductor_bandwidth.py"
-spec = importlib.util.spec_from_file_location("inductor_bandwidth", BENCH)
-ib = importlib.util.module_from_spec(spec)
-sys.modules["inductor_bandwidth"] = ib
-spec.loader.exec_module(ib)
 
 
 def write_report(path: Path, graphs: dict[str, list[tuple[float, float, str]]]) -> None:

@@ -4,22 +4,14 @@ phase read from the switch step or given, attention's FLOPs from the preset's wi
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+import throughput as tp
 
 from pgolf.presets import get_preset
 from pgolf.report.throughput import mfu_budget
-
-ROOT = Path(__file__).resolve().parents[1]
-if "throughput" not in sys.modules:
-    spec = importlib.util.spec_from_file_location("throughput", ROOT / "benchmarks" / "throughput.py")
-    sys.modules["throughput"] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sys.modules["throughput"])
-tp = sys.modules["throughput"]
 
 KINDS = {"matmul": {"ms_per_step": 200.0}, "attention": {"ms_per_step": 100.0}, "fused": {"ms_per_step": 100.0}}
 

@@ -74,14 +74,7 @@ def test_pr1855_fits_the_budget_only_when_over():
 
 
 def test_pr1855_accepts_the_throughput_overrides():
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    path = Path(__file__).parents[1] / "benchmarks" / "throughput.py"
-    spec = importlib.util.spec_from_file_location("throughput", path)
-    tp = sys.modules.setdefault("throughput", importlib.util.module_from_spec(spec))
-    spec.loader.exec_module(tp)
+    import throughput as tp
     cfg = apply_overrides(get_preset("pr1855"), list(tp.QUICK_EXPORT))
     assert cfg.quant.scheme == "int8_rowwise" and not cfg.quant.gptq and cfg.quant.gptq_reserve_s == 0
     assert cfg.model == get_preset("pr1855").model and cfg.train.batch_tokens == 786_432

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import throughput as tp
 import torch
 
 from pgolf.report import throughput as TP
@@ -31,7 +32,6 @@ def _load(name: str, path: Path):
     return mod
 
 
-tp = _load("throughput", ROOT / "benchmarks" / "throughput.py")
 rec = sys.modules["record1855"]  # imported by throughput.py from its folder
 shim = _load("fa3_shim_under_test", ROOT / "benchmarks" / "shims" / "flash_attn_interface.py")
 
