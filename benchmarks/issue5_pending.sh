@@ -11,18 +11,13 @@
 #      GB/s, and each Triton kernel at 9 launch shapes (rows per program x warps) to pick their defaults;
 #   5. inductor's own kernels of the preset's compiled micro-step, each timed alone against the bytes it moves
 #      (TORCHINDUCTOR_PROFILE, ranked by benchmarks/inductor_bandwidth.py into inductor_bandwidth_p*.json): which
-#      fusions lose the most time against the HBM floor, before and after the loops (about 4 minutes);
-#   6. FA4's SM90 backward with other tiles (model.fa4_bwd_tile; varlen_attn_bench.py) against its own and fa2, on
-#      pr1855's attention at one micro-batch of the shard's documents; needs .fa4site (fa4_wheels.sh unpack first);
-#   7. pr1855's fa4 micro-step before the loops with FA4's own backward tiles and with each of TILES (the winners of
-#      step 6; model_step_bench.py, about 1.5 minutes a variant); needs .fa4site too.
+#      fusions lose the most time against the HBM floor, before and after the loops (about 4 minutes).
 # Turn a variant on in pr1855 only if step 2 shows it faster in both phases and a whole run with fa4 and CUDA graphs
 # agrees (issue5_throughput.sh). norm_rope_kernel did not pass (README, "Measured"). A change without a config
 # switch: issue5_looped_ab.sh with OLD_SRC (the last commit's src, carried) times both checkouts in one call.
 #
 #   carry: .whl .carry      command: bash benchmarks/issue5_pending.sh           (about 8 minutes on one H200)
-#   env:   STEPS="1 2" (steps 4, 5 and 6 in calls of their own: STEPS=4, about 3 minutes; STEPS=5, about 4;
-#          STEPS=6 after the unpack call, about 3; STEPS=7 TILES="m64 n64", about 1.5 + 1.5 per tile)
+#   env:   STEPS="1 2" (steps 4 and 5 in calls of their own: STEPS=4, about 3 minutes; STEPS=5, about 4)
 #          ATTN=varlen | PRESET=pr1855
 #          DATA=data/proxy_sp8192 | TESTS="tests/test_fused_mlp_sign_bits.py tests/test_fused_mlp.py"
 #          VARIANT=sb:model.fused_mlp_sign_bits=true (NAME:key=value,key=value against the preset as is;
@@ -79,15 +74,5 @@ if step 5; then
     run "inductor_bandwidth_p$p" 60 python3 benchmarks/inductor_bandwidth.py "$OUT/inductor_bw_p$p.txt" \
       --gpu "${gpu:-H200}" --out "$OUT/inductor_bandwidth_p$p.json"
   done
-fi
-if step 6; then
-  run varlen_attn_bench 280 python3 benchmarks/varlen_attn_bench.py --data "$DATA" --pad-to 320 \
-    --variants fa2_varlen fa4 fa4_bwd_m64 fa4_bwd_m64_dq2wg fa4_bwd_n64 --out "$OUT/varlen_attn_bench_bwd.json"
-fi
-if step 7; then
-  tiles=(); for t in ${TILES:-m64 m64_dq2wg n64}; do tiles+=(--variant "$t:model.fa4_bwd_tile=$t"); done
-  run model_step_fa4_bwd_tiles 480 python3 benchmarks/model_step_bench.py --preset "$PRESET" --data "$DATA" \
-    --device "$DEVICE" --progress 0.0 --set model.attn_backend=fa4 --variant base "${tiles[@]}" --warmup 3 --iters 12 \
-    --out "$OUT/model_step_fa4_bwd_tiles.json"
 fi
 exit $rc

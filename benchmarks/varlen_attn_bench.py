@@ -28,10 +28,6 @@ with empty segments to a fixed count (so one compiled graph serves every batch).
                   in fp32: FA4's MHA backward stores dK/dV directly, where GQA accumulates them with fp32 atomics
                   and converts them in two postprocess kernels (21 ms of a 730 ms pr1855 step). Measured on one H100
                   at --pad-to 320: 2.844 ms against fa4's 2.409, so the model keeps the GQA backward
-    fa4_bwd_m64, fa4_bwd_m64_dq2wg, fa4_bwd_n64
-                  fa4 with its SM90 backward on other tiles (model.fa4_bwd_tile, attn_fa4.SM90_BWD_TILES; its own
-                  at D = 64 is FA3's 128 x 128): the backward is 14% of a pr1855 step (104 of 732 ms on one H100),
-                  and it tiles each short document as the forward does
 
 Reported per variant: median ms per step, the largest output and gradient difference from fa2_varlen relative to
 its largest value, or the error a variant raised.
@@ -51,7 +47,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pgolf.model.attn_backends import repeat_kv, require_varlen
-from pgolf.model.attn_fa4 import SM90_BWD_TILES
 from step_timer import bench_cli, time_steps
 
 FA4_FWD_OPTIONS = {  # keyword arguments of flash_attn.cute.interface._flash_attn_fwd
@@ -59,9 +54,8 @@ FA4_FWD_OPTIONS = {  # keyword arguments of flash_attn.cute.interface._flash_att
     "fa4_nopack": {"pack_gqa": False},
     "fa4_tile128_nopack": {"tile_mn": (128, 128), "pack_gqa": False},
 }
-FA4_BWD_TILES = {f"fa4_bwd_{name}": name for name in SM90_BWD_TILES}  # model.fa4_bwd_tile=name
 VARIANTS = ("fa2_varlen", "cudnn_ragged", "cudnn_ragged_unpadded", "cudnn_njt", "fa4", "fa4_bwd_repeat",
-            *FA4_FWD_OPTIONS, *FA4_BWD_TILES)
+            *FA4_FWD_OPTIONS)
 
 
 def segment_batches(tokens: np.ndarray, rows: int, seq_len: int, bos_id: int, count: int, pad_to: int
@@ -161,8 +155,6 @@ def make_fn(variant: str, heads: int, seq_len: int):
         require_fa4()  # the install error, not a failure inside the op
         if variant in FA4_FWD_OPTIONS:
             return lambda q, k, v, cu: FA4WithOptions.apply(q, k, v, cu, seq_len, FA4_FWD_OPTIONS[variant])
-        if variant in FA4_BWD_TILES:
-            return lambda q, k, v, cu: torch.ops.pgolf.fa4_varlen_fwd(q, k, v, cu, seq_len, FA4_BWD_TILES[variant])[0]
         if variant == "fa4_bwd_repeat":
             return lambda q, k, v, cu: FA4RepeatKVBackward.apply(q, k, v, cu, seq_len, {})
         return lambda q, k, v, cu: torch.ops.pgolf.fa4_varlen_fwd(q, k, v, cu, seq_len)[0]

@@ -35,16 +35,9 @@ def _probs(q: Tensor, k: Tensor, cu: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class ReferenceFA4:
-    """FA4's `_flash_attn_fwd` / `_flash_attn_bwd` as plain torch (fp32 math), with the keywords the ops pass. Its
-    backward asks `_tile_size_bwd_sm90` for a plan as FA4's SM90 one does, and records it in `plans`."""
+    """FA4's `_flash_attn_fwd` / `_flash_attn_bwd` as plain torch (fp32 math), with the keywords the ops pass."""
 
     calls: tuple[str, ...] = ()
-    plans: tuple = ()
-    BwdConfig = dict
-
-    @staticmethod
-    def _tile_size_bwd_sm90(head_dim, head_dim_v, causal, local, sparse_block_size_q=None):
-        return "own"
 
     @classmethod
     def _flash_attn_fwd(cls, q, k, v, *, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, return_lse):
@@ -60,7 +53,6 @@ class ReferenceFA4:
                         max_seqlen_k):
         assert causal and dout.is_contiguous()
         cls.calls += ("bwd",)
-        cls.plans += (cls._tile_size_bwd_sm90(q.size(-1), v.size(-1), causal, False),)
         n, h, d = q.shape
         g = h // k.size(1)
         s, _ = _probs(q, k, cu_seqlens_q)
@@ -78,7 +70,7 @@ class ReferenceFA4:
 
 @pytest.fixture
 def reference_fa4(monkeypatch):
-    ReferenceFA4.calls, ReferenceFA4.plans = (), ()
+    ReferenceFA4.calls = ()
     monkeypatch.setattr(attn_fa4, "require_fa4", lambda: ReferenceFA4)
     return ReferenceFA4
 
@@ -120,56 +112,6 @@ def test_ops_trace_into_one_compiled_graph(reference_fa4):
     out.sum().backward()
     assert q.grad is not None and k.grad.shape == k.shape and reference_fa4.calls == ("fwd", "bwd")
     torch.testing.assert_close(out, _attend_varlen(q, k, v, cu), atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("tile", ["", *attn_fa4.SM90_BWD_TILES])
-def test_bwd_tile_plans_only_the_backward_and_off_changes_nothing(reference_fa4, tile):
-    """model.fa4_bwd_tile: FA4's SM90 backward plans SM90_BWD_TILES[tile] ("" its own), under a fullgraph compile
-    too; its own plan is back afterwards, and the values and gradients are the reference's either way."""
-    q, k, v = qkv()
-    cu = padded_cu_seqlens(ids_with_docs(), bos_id=1, doc_isolated=True, size=16)
-    w = torch.randn(q.shape)
-    torch._dynamo.reset()
-    for fn in (attn_fa4.attend_fa4, torch.compile(attn_fa4.attend_fa4, backend="aot_eager", fullgraph=True)):
-        out = fn(q, k, v, cu, tile)
-        grads = torch.autograd.grad((out * w).sum(), (q, k, v))
-        want = attn_fa4.attend_fa4(q, k, v, cu)
-        torch.testing.assert_close(out, want)
-        for a, b in zip(grads, torch.autograd.grad((want * w).sum(), (q, k, v))):
-            torch.testing.assert_close(a, b)
-    plan = attn_fa4.SM90_BWD_TILES[tile] if tile else "own"
-    assert reference_fa4.plans == (plan, "own", plan, "own")
-    assert reference_fa4._tile_size_bwd_sm90(64, 64, True, False) == "own"
-
-
-def test_bwd_tiles_are_the_configs_choices_and_need_fa4():
-    from pgolf.config import FA4_BWD_TILES
-
-    assert tuple(attn_fa4.SM90_BWD_TILES) == FA4_BWD_TILES
-    assert all(f["m_block_size"] % 64 == 0 and f["n_block_size"] % 64 == 0 for f in attn_fa4.SM90_BWD_TILES.values())
-    with pytest.raises(ValueError, match="model.fa4_bwd_tile='m32' is not one of m64"):
-        ModelConfig(attn_backend="fa4", fa4_bwd_tile="m32")
-    with pytest.raises(ValueError, match="needs model.attn_backend='fa4' \\(got 'varlen'\\)"):
-        ModelConfig(attn_backend="varlen", fa4_bwd_tile="m64")
-    assert ModelConfig().fa4_bwd_tile == ""
-
-
-def test_attention_passes_its_bwd_tile_to_attend(monkeypatch):
-    from pgolf.model import attention
-
-    seen = []
-
-    def recording(q, k, v, ctx, backend, fa4_bwd_tile=""):
-        seen.append((backend, fa4_bwd_tile))
-        return attend(q, k, v, ctx, backend, fa4_bwd_tile)
-
-    monkeypatch.setattr(attention, "attend", recording)
-    kw = {"vocab_size": 64, "num_layers": 2, "model_dim": 32, "num_heads": 4, "num_kv_heads": 2, "doc_isolated": True}
-    for tile in ("", "n64"):
-        m = GPT(ModelConfig(attn_backend="fa4", fa4_bwd_tile=tile, **kw))
-        x = ids_with_docs()
-        m.logits(x, **m.attn_inputs(x))
-    assert seen == [("fa4", "")] * 2 + [("fa4", "n64")] * 2
 
 
 def test_fake_kernels_give_the_real_shapes():

@@ -91,27 +91,3 @@ def test_fa4_bwd_repeat_runs_the_backward_on_query_heads_and_keeps_fa4s_gradient
     torch.testing.assert_close(out, ref)
     for a, b, name in zip(grads, ref_grads, "qkv"):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=f"d{name}")
-
-
-@pytest.mark.parametrize("variant", list(bench.FA4_BWD_TILES))
-def test_fa4_backward_tiles_plan_only_the_backward_and_keep_fa4s_gradients(monkeypatch, variant):
-    import torch
-
-    from pgolf.model import attn_fa4
-    from pgolf.model.attn_backends import padded_cu_seqlens
-    from test_attn_fa4 import ReferenceFA4, ids_with_docs
-
-    monkeypatch.setattr(ReferenceFA4, "plans", ())
-    monkeypatch.setattr(attn_fa4, "require_fa4", lambda: ReferenceFA4)
-    cu = padded_cu_seqlens(ids_with_docs(), bos_id=1, doc_isolated=True, size=16)
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(24, h, 8, generator=g).requires_grad_() for h in (4, 2, 2))
-    w = torch.randn(24, 4, 8, generator=g)
-    out = bench.make_fn(variant, heads=4, seq_len=12)(q, k, v, cu)
-    grads = torch.autograd.grad((out * w).sum(), (q, k, v))
-    ref = torch.ops.pgolf.fa4_varlen_fwd(q, k, v, cu, 12)[0]
-    ref_grads = torch.autograd.grad((ref * w).sum(), (q, k, v))
-    assert ReferenceFA4.plans == (attn_fa4.SM90_BWD_TILES[bench.FA4_BWD_TILES[variant]], "own")  # then fa4's own
-    torch.testing.assert_close(out, ref)
-    for a, b, name in zip(grads, ref_grads, "qkv"):
-        torch.testing.assert_close(a, b, msg=f"d{name}")

@@ -20,7 +20,6 @@ from typing import Any
 
 TOKENIZERS = ("sp1024", "sp4096", "sp8192", "byte260")
 CORPORA = ("demo", "proxy", "fineweb")
-FA4_BWD_TILES = ("m64", "m64_dq2wg", "n64")  # the plans of model/attn_fa4.SM90_BWD_TILES (model.fa4_bwd_tile)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,7 +75,6 @@ class ModelConfig:
     doc_isolated: bool = False  # no attention across a BOS (bos_id) boundary, train and eval (VarLen, PR #1530)
     attn_backend: str = "sdpa"  # sdpa | flex | varlen (torch's FlashAttention varlen) | fa3 | fa4 (optional packages)
     sdpa_priority: str = "default"  # default (torch: flash first) | cudnn: cuDNN attention first (faster on H100)
-    fa4_bwd_tile: str = ""  # fa4's SM90 backward tiles: "" (FA4's own) | m64 | m64_dq2wg | n64 (model/attn_fa4.py)
     fused_qkv: bool = False  # q, k, v from one GEMM over [W_q; W_k; W_v] (same weights and math; attention.py)
     # --- MLP, residual stream, token mixing, head and init techniques (each off by default) ---
     # Checked in _check_stack_techniques; formulas and PRs in the model modules (mlp, block, gpt, embed, recurrence).
@@ -170,11 +168,6 @@ class ModelConfig:
                              "model.gated_attn, model.sparse_attn_gate_width or model.attn_out_gate_width")
         _check_choice("model.attn_backend", self.attn_backend, ("sdpa", "flex", "varlen", "fa3", "fa4"))
         _check_choice("model.sdpa_priority", self.sdpa_priority, ("default", "cudnn"))
-        if self.fa4_bwd_tile:
-            _check_choice("model.fa4_bwd_tile", self.fa4_bwd_tile, FA4_BWD_TILES)
-            if self.attn_backend != "fa4":
-                raise ValueError(f"model.fa4_bwd_tile={self.fa4_bwd_tile!r} plans FA4's backward: it needs "
-                                 f"model.attn_backend='fa4' (got {self.attn_backend!r})")
 
     def _check_stack_techniques(self) -> None:
         """MLP, residual-stream, token-mixing and init fields (the section above)."""

@@ -75,7 +75,7 @@ class CausalSelfAttention(nn.Module):
         cos, sin = rope_tables(self.rope_train_len, rope_inv_freq(self.rope_dims, self.rope_base), torch.float32)
         self.register_buffer("rope_cos", cos.transpose(1, 2).contiguous(), persistent=False)
         self.register_buffer("rope_sin", sin.transpose(1, 2).contiguous(), persistent=False)
-        self.backend, self.fused_qkv, self.fa4_bwd_tile = cfg.attn_backend, cfg.fused_qkv, cfg.fa4_bwd_tile
+        self.backend, self.fused_qkv = cfg.attn_backend, cfg.fused_qkv
         if self.backend == "fa3":
             require_fa3()  # fail at build time, not at the first forward
         elif self.backend == "varlen":
@@ -120,8 +120,7 @@ class CausalSelfAttention(nn.Module):
         cos, sin, temp = self.rotary(T, q.dtype)
         gain = self.q_gain if temp == 1.0 else self.q_gain * temp  # YaRN temperature; T is static under compile
         q, k = self.norm_rope_qk(q, k, cos, sin, gain)
-        y = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), ctx, self.backend,
-                   self.fa4_bwd_tile)  # (B, H, T, hd)
+        y = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), ctx, self.backend)  # (B, H, T, hd)
         coef = torch.tanh(self.xsa_alpha).to(y.dtype) if self.xsa_gated else None
         if self.fused_xsa_gate:  # the same function; one pass each way on CUDA
             gate = self._gate(x) if self.gate_kind != "none" else None

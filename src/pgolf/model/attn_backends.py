@@ -232,9 +232,8 @@ def _flex(q: Tensor) -> Any:
     return _COMPILED_FLEX[0]
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, ctx: Any, backend: str, fa4_bwd_tile: str = "") -> Tensor:
-    """Causal attention of q (B, H, T, D) over k, v (B, Hkv, T, D) -> (B, H, T, D); GQA when Hkv < H.
-    `fa4_bwd_tile`: model.fa4_bwd_tile, FA4's SM90 backward plan (attn_fa4.SM90_BWD_TILES)."""
+def attend(q: Tensor, k: Tensor, v: Tensor, ctx: Any, backend: str) -> Tensor:
+    """Causal attention of q (B, H, T, D) over k, v (B, Hkv, T, D) -> (B, H, T, D); GQA when Hkv < H."""
     gqa = k.size(1) != q.size(1)
     if backend == "sdpa":
         if ctx is None:
@@ -253,7 +252,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, ctx: Any, backend: str, fa4_bwd_tile
     if backend == "fa3":
         return _attend_fa3(q, k, v, ctx)
     if backend == "fa4":  # on CPU (tests, evaluation) the same segments through varlen's dense reference
-        return attend_fa4(q, k, v, ctx, fa4_bwd_tile) if q.is_cuda else _attend_varlen(q, k, v, ctx)
+        return attend_fa4(q, k, v, ctx) if q.is_cuda else _attend_varlen(q, k, v, ctx)
     raise ValueError(f"model.attn_backend={backend!r} is not one of {', '.join(BACKENDS)}")
 
 
