@@ -73,3 +73,43 @@ def test_refuses_what_is_not_a_report(tmp_path, capsys):
         ib.main([str(empty), "--gpu", "T4", "--out", str(tmp_path / "o.json")])
     assert "--gpu 'T4': bandwidth unknown" in capsys.readouterr().err
     assert not (tmp_path / "o.json").exists()
+
+
+GRAPH_MODULE = '''
+calls = []
+def get_args():
+    return [1, 2]
+def call(args):
+    calls.append(list(args))
+def benchmark_compiled_module(args, times=10, repeat=10):
+    for _ in range(times * repeat):
+        call(list(args))
+    return 0.5
+'''
+
+
+def test_profiling_calls_a_graph_module_without_args_as_torch_2_11_does(tmp_path, monkeypatch):
+    """torch 2.11 calls a generated module's benchmark_compiled_module(times=1, repeat=1), which takes args first:
+    after allow_profiling_on_torch_2_11 every module loaded builds its own (get_args), given args still win, and a
+    module without args is left as it is."""
+    from torch._inductor.codecache import PyCodeCache
+
+    monkeypatch.setattr(PyCodeCache, "load_by_key_path", PyCodeCache.__dict__["load_by_key_path"])
+    for name in ("plain", "patched"):
+        (tmp_path / f"c{name}.py").write_text(GRAPH_MODULE)
+    plain = PyCodeCache.load_by_key_path("pgolf_test_graph_plain", str(tmp_path / "cplain.py"))
+    with pytest.raises(TypeError, match="missing 1 required positional argument: 'args'"):
+        plain.benchmark_compiled_module(times=1, repeat=1)
+    ib.allow_profiling_on_torch_2_11()
+    ib.allow_profiling_on_torch_2_11()  # idempotent: one wrapper, not two
+    assert PyCodeCache.load_by_key_path.__func__.pgolf_default_benchmark_args
+    mod = PyCodeCache.load_by_key_path("pgolf_test_graph_patched", str(tmp_path / "cpatched.py"))
+    assert mod.benchmark_compiled_module(times=1, repeat=1) == 0.5
+    assert mod.calls == [[1, 2]]
+    mod.benchmark_compiled_module([7], times=2, repeat=1)
+    assert mod.calls == [[1, 2], [7], [7]]
+    once = mod.benchmark_compiled_module
+    assert ib.default_benchmark_args(mod).benchmark_compiled_module is once  # already defaulted: unchanged
+    (tmp_path / "cold.py").write_text("def benchmark_compiled_module(times=10, repeat=10):\n    return times\n")
+    old = PyCodeCache.load_by_key_path("pgolf_test_graph_old", str(tmp_path / "cold.py"))
+    assert old.benchmark_compiled_module(times=3) == 3
