@@ -11,13 +11,17 @@
 #      GB/s, and each Triton kernel at 9 launch shapes (rows per program x warps) to pick their defaults;
 #   5. inductor's own kernels of the preset's compiled micro-step, each timed alone against the bytes it moves
 #      (TORCHINDUCTOR_PROFILE, ranked by benchmarks/inductor_bandwidth.py into inductor_bandwidth_p*.json): which
-#      fusions lose the most time against the HBM floor, before and after the loops (about 4 minutes).
+#      fusions lose the most time against the HBM floor, before and after the loops (about 4 minutes);
+#   6. pr1855's micro-step after the loops (where 65% of a run is spent) at larger micro-batches: 131,072 tokens, and
+#      196,608 with model.fused_mlp_sign_bits (which cut the peak from 37.9 to 31.7 GiB at 98,304, so that 196,608
+#      should fit an 80 GB H100) against the preset's 98,304 (about 5 minutes).
 # Turn a variant on in pr1855 only if step 2 shows it faster in both phases and a whole run with fa4 and CUDA graphs
 # agrees (issue5_throughput.sh). norm_rope_kernel did not pass (README, "Measured"). A change without a config
 # switch: issue5_looped_ab.sh with OLD_SRC (the last commit's src, carried) times both checkouts in one call.
 #
 #   carry: .whl .carry      command: bash benchmarks/issue5_pending.sh           (about 8 minutes on one H200)
-#   env:   STEPS="1 2" (steps 4 and 5 in calls of their own: STEPS=4, about 3 minutes; STEPS=5, about 4)
+#   env:   STEPS="1 2" (steps 4, 5 and 6 in calls of their own: STEPS=4, about 3 minutes; STEPS=5, about 4; STEPS=6,
+#          about 5)
 #          ATTN=varlen | PRESET=pr1855
 #          DATA=data/proxy_sp8192 | TESTS="tests/test_fused_mlp_sign_bits.py tests/test_fused_mlp.py"
 #          VARIANT=sb:model.fused_mlp_sign_bits=true (NAME:key=value,key=value against the preset as is;
@@ -74,5 +78,12 @@ if step 5; then
     run "inductor_bandwidth_p$p" 60 python3 benchmarks/inductor_bandwidth.py "$OUT/inductor_bw_p$p.txt" \
       --gpu "${gpu:-H200}" --out "$OUT/inductor_bandwidth_p$p.json"
   done
+fi
+if step 6; then
+  run model_step_microbatch_p1.0 400 python3 benchmarks/model_step_bench.py --preset "$PRESET" --data "$DATA" \
+    --device "$DEVICE" --progress 1.0 --set "model.attn_backend=$ATTN" --variant base \
+    --variant m131:train.micro_batch_tokens=131072 \
+    --variant m196sb:train.micro_batch_tokens=196608,model.fused_mlp_sign_bits=true \
+    --warmup 3 --iters 8 --out "$OUT/model_step_microbatch_p1.0.json"
 fi
 exit $rc
