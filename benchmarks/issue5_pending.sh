@@ -1,9 +1,7 @@
 #!/usr/bin/env bash
 # One device call for what is built but not yet timed on a GPU, each step time-boxed:
-#   1. GPU tests of model.fused_mlp_sign_bits and the fused MLP (tests/test_fused_mlp{_sign_bits,}.py: the
-#      Triton kernels against the torch bodies, the compiled bf16 model against the plain one), then the MLP alone
-#      with and without sign bits (fused_mlp_bench.py, one micro-batch, forward + backward);
-#   2. pr1855's micro-step (as shipped) against the same with VARIANT (model.fused_mlp_sign_bits), before the loops
+#   1. GPU tests of VARIANT's switch (TESTS: the compiled bf16 model against the plain one);
+#   2. pr1855's micro-step (as shipped) against the same with VARIANT (model.attn_gate_pointwise), before the loops
 #      (progress 0.0, with one profiled step listing its 60 largest kernels) and after them (1.0)
 #      (model_step_bench.py; attention backend from ATTN, default varlen since fa4 needs a call of its own);
 #   3. one export of the initialized pr1855 (export_time.py, GPTQ on): calibration, quantization and write times;
@@ -19,21 +17,22 @@
 # agrees (issue5_throughput.sh). norm_rope_kernel did not pass (README, "Measured"). A change without a config
 # switch: issue5_looped_ab.sh with OLD_SRC (the last commit's src, carried) times both checkouts in one call.
 #
-#   carry: .whl .carry      command: bash benchmarks/issue5_pending.sh           (about 8 minutes on one H200)
+#   carry: .whl .carry      command: bash benchmarks/issue5_pending.sh           (about 6 minutes on one H200)
 #   env:   STEPS="1 2" (steps 4, 5 and 6 in calls of their own: STEPS=4, about 3 minutes; STEPS=5, about 4; STEPS=6,
 #          about 5)
 #          ATTN=varlen | PRESET=pr1855
-#          DATA=data/proxy_sp8192 | TESTS="tests/test_fused_mlp_sign_bits.py tests/test_fused_mlp.py"
-#          VARIANT=sb:model.fused_mlp_sign_bits=true (NAME:key=value,key=value against the preset as is;
-#          earlier: nrk:model.norm_rope_kernel=true, measured on 2026-12-04)
+#          DATA=data/proxy_sp8192 | TESTS="tests/test_attn_gate_pointwise.py"
+#          VARIANT=gp:model.attn_gate_pointwise=true (NAME:key=value,key=value against the preset as is; earlier:
+#          nrk:model.norm_rope_kernel=true, sb:model.fused_mlp_sign_bits=true, both measured on 2026-12-04)
 #          SKIP_SETUP=1: do not source device_env.sh (a CPU dry run:
-#          OUT=/tmp/o SKIP_SETUP=1 PRESET=tiny DATA=data/demo_sp1024 STEPS="2 3" bash benchmarks/issue5_pending.sh)
+#          OUT=/tmp/o SKIP_SETUP=1 PRESET=tiny DATA=data/demo_sp1024 VARIANT=eager:train.compile=false STEPS="2 3" \
+#          bash benchmarks/issue5_pending.sh)
 # Every result lands in $OUT; a step that fails or times out does not stop the next.
 set -uo pipefail
 OUT="${OUT:?set OUT}"
 STEPS="${STEPS:-1 2}" ATTN="${ATTN:-varlen}" PRESET="${PRESET:-pr1855}" DATA="${DATA:-data/proxy_sp8192}"
-VARIANT="${VARIANT:-sb:model.fused_mlp_sign_bits=true}"
-TESTS="${TESTS:-tests/test_fused_mlp_sign_bits.py tests/test_fused_mlp.py}"
+VARIANT="${VARIANT:-gp:model.attn_gate_pointwise=true}"
+TESTS="${TESTS:-tests/test_attn_gate_pointwise.py}"
 mkdir -p "$OUT"
 if [ -z "${SKIP_SETUP:-}" ]; then
   source benchmarks/device_env.sh sp8192 > "$OUT/setup.log" 2>&1 || { tail -5 "$OUT/setup.log"; exit 1; }
@@ -51,8 +50,6 @@ run() {  # run NAME SECONDS CMD...: output to $OUT/NAME.log, its tail printed, r
 }
 if step 1; then
   run gputests 240 python3 -m pytest -q -m gpu -p no:cacheprovider $TESTS
-  run fused_mlp_bench 150 python3 benchmarks/fused_mlp_bench.py --variants compiled fused_compiled \
-    fused_compiled_sign_bits --out "$OUT/fused_mlp_bench.json"
 fi
 if step 2; then
   for p in 0.0 1.0; do
