@@ -7,7 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_compiled_bf16_agree, assert_same_loss_and_grads, switch_pair, token_batch
+from conftest import (
+    assert_compiled_bf16_agree,
+    assert_same_loss_and_grads,
+    switch_pair,
+    token_batch,
+)
 
 from pgolf.config import ModelConfig
 
