@@ -10,7 +10,12 @@ when TORCHINDUCTOR_PROFILE is set (that torch's profiler fails every compile wit
 
     TORCHINDUCTOR_PROFILE=1 TORCHINDUCTOR_PROFILE_OUTPUT=bw.txt python3 benchmarks/model_step_bench.py \\
         --preset pr1855 --data data/proxy_sp8192 --device cuda --variant base --warmup 1 --iters 1 --out m.json
-    python3 benchmarks/inductor_bandwidth.py bw.txt --gpu "NVIDIA H200" --out inductor_bandwidth.json
+    python3 benchmarks/inductor_bandwidth.py bw.txt --gpu "NVIDIA H200" --out inductor_bandwidth.json \\
+        --sources kernels/      # and the top kernels' Triton source, with the model ops inductor fused into each
+
+``--sources DIR`` copies, for each kernel ranked in the JSON, what inductor wrote about it in its graph module (the
+report names that file): the comment with its source nodes and ATen ops, then its Triton source, as
+``DIR/NN_<kernel>.py``; ranked rows get a ``source`` field (null when the module is gone).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from types import ModuleType
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from pgolf.fileio import atomic_write_json
+from pgolf.fileio import atomic_write_json, atomic_write_text
 from pgolf.report.flops import hbm_bandwidth
 
 HEADER = re.compile(r"TRITON KERNELS BANDWIDTH INFO \((.*)\)")
@@ -66,6 +71,29 @@ def allow_profiling_on_torch_2_11() -> None:
 
     load_by_key_path.pgolf_default_benchmark_args = True
     PyCodeCache.load_by_key_path = classmethod(load_by_key_path)
+
+
+def kernel_source(module_text: str, name: str) -> str | None:
+    """The comment lines inductor writes above kernel `name` in a graph module (source nodes, ATen ops) and the
+    kernel's Triton source, or None when the module has no such kernel."""
+    m = re.search(rf"((?:^#[^\n]*\n)*)^{re.escape(name)} = async_compile\.triton\({re.escape(repr(name))}, '''\n"
+                  rf"(.*?)^''', device_str=", module_text, re.MULTILINE | re.DOTALL)
+    return m.group(1) + m.group(2) if m else None
+
+
+def write_sources(rows: list[dict], graph_files: dict[str, str], folder: Path) -> None:
+    """Each ranked row's kernel source into `folder` as NN_<kernel>.py; row["source"] = that file name or None."""
+    folder.mkdir(parents=True, exist_ok=True)
+    texts: dict[Path, str | None] = {}
+    for i, row in enumerate(rows):
+        path = Path(graph_files[row["graph"]])
+        if path not in texts:
+            texts[path] = path.read_text() if path.is_file() else None
+        src = kernel_source(texts[path], row["kernel"]) if texts[path] else None
+        row["source"] = None
+        if src is not None:
+            row["source"] = f"{i:02d}_{row['kernel']}.py"
+            atomic_write_text(folder / row["source"], f"# {row['kernel']} in {path}\n{src}")
 
 
 def parse_report(text: str) -> dict[str, list[tuple[float, float, str]]]:
@@ -120,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peak-gbs", type=float, help="HBM bandwidth in GB/s, instead of --gpu's")
     p.add_argument("--top", type=int, default=40)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--sources", type=Path, metavar="DIR", help="write the ranked kernels' sources here")
     args = p.parse_args(argv)
     if args.peak_gbs is None:
         bw = hbm_bandwidth(args.gpu)
@@ -135,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     if not graphs:
         p.error(f"{args.report}: no 'TRITON KERNELS BANDWIDTH INFO' block (no compiled graph ran on a GPU?)")
     res = {"report": str(args.report), **rank(graphs, args.peak_gbs, args.top)}
+    if args.sources:
+        write_sources(res["top"], {Path(g).name: g for g in graphs}, args.sources)
     atomic_write_json(args.out, res)
     print(f"{res['kernels']} kernels in {len(graphs)} graphs: {res['ms']:.2f} ms alone, {res['lost_ms']:.2f} ms "
           f"above the {args.peak_gbs:.0f} GB/s floor ({100 * res['of_peak']:.1f}% of peak overall)")

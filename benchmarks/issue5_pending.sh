@@ -9,7 +9,8 @@
 #      GB/s, and each Triton kernel at 9 launch shapes (rows per program x warps) to pick their defaults;
 #   5. inductor's own kernels of the preset's compiled micro-step, each timed alone against the bytes it moves
 #      (TORCHINDUCTOR_PROFILE, ranked by benchmarks/inductor_bandwidth.py into inductor_bandwidth_p*.json): which
-#      fusions lose the most time against the HBM floor, before and after the loops (about 4 minutes);
+#      fusions lose the most time against the HBM floor, before and after the loops, with the top kernels' Triton
+#      source and the model ops fused into each (kernels_p*/; about 4 minutes);
 #   6. pr1855's micro-step after the loops (where 65% of a run is spent) at larger micro-batches: 131,072 tokens, and
 #      196,608 with model.fused_mlp_sign_bits (which cut the peak from 37.9 to 31.7 GiB at 98,304, so that 196,608
 #      should fit an 80 GB H100) against the preset's 98,304 (about 5 minutes).
@@ -73,7 +74,7 @@ if step 5; then
       python3 benchmarks/model_step_bench.py --preset "$PRESET" --data "$DATA" --device "$DEVICE" --progress "$p" \
       --set "model.attn_backend=$ATTN" --variant base --warmup 1 --iters 1 --out "$OUT/inductor_bw_step_p$p.json"
     run "inductor_bandwidth_p$p" 60 python3 benchmarks/inductor_bandwidth.py "$OUT/inductor_bw_p$p.txt" \
-      --gpu "${gpu:-H200}" --out "$OUT/inductor_bandwidth_p$p.json"
+      --gpu "${gpu:-H200}" --out "$OUT/inductor_bandwidth_p$p.json" --sources "$OUT/kernels_p$p"
   done
 fi
 if step 6; then

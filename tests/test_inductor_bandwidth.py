@@ -58,6 +58,49 @@ def test_ranks_kernels_by_time_lost_against_the_floor(tmp_path):
     assert res["ms"] == 1.55 and res["lost_ms"] == 0.675
 
 
+KERNELS = '''
+
+# kernel path: /c/ab/cab.py
+# Topologically Sorted Source Nodes: [rms_norm, mul], Original ATen: [aten.mul, aten.sum]
+triton_red_slow_1 = async_compile.triton('triton_red_slow_1', \'\'\'
+import triton
+
+@triton.jit
+def triton_red_slow_1(in_ptr0, xnumel):
+    pass
+\'\'\', device_str='cuda')
+
+
+triton_per_fast_2 = async_compile.triton('triton_per_fast_2', \'\'\'
+def triton_per_fast_2():
+    pass
+\'\'\', device_str='cuda')
+'''
+
+
+def test_writes_the_ranked_kernels_sources_with_their_aten_ops(tmp_path):
+    """KERNELS is laid out as torch's codegen writes a kernel into its graph module (codegen/triton.py
+    define_kernel, wrapper.py): the origins comment, then `name = async_compile.triton('name', '''src''', ...)`."""
+    report = tmp_path / "bw.txt"
+    write_report(report, {"bwd.py": [(0.5, 1.0, "triton_red_slow_1"), (0.25, 1.0, "triton_per_fast_2")],
+                          "gone.py": [(0.4, 0.1, "triton_poi_gone_3")]})
+    (tmp_path / "bwd.py").write_text((tmp_path / "bwd.py").read_text() + KERNELS)  # as inductor's module holds them
+    (tmp_path / "gone.py").unlink()  # a cache cleared since the run
+    out, folder = tmp_path / "bw.json", tmp_path / "kernels"
+    assert ib.main([str(report), "--peak-gbs", "4000", "--out", str(out), "--sources", str(folder)]) == 0
+    top = json.loads(out.read_text())["top"]
+    assert [(r["kernel"], r["source"]) for r in top] == [
+        ("triton_poi_gone_3", None), ("triton_red_slow_1", "01_triton_red_slow_1.py"), ("triton_per_fast_2",
+                                                                                     "02_triton_per_fast_2.py")]
+    slow = (folder / "01_triton_red_slow_1.py").read_text()
+    assert "Original ATen: [aten.mul, aten.sum]" in slow and "def triton_red_slow_1(in_ptr0, xnumel):" in slow
+    assert "triton_per_fast_2" not in slow and "device_str" not in slow
+    fast = (folder / "02_triton_per_fast_2.py").read_text()
+    assert "def triton_per_fast_2():" in fast and "Original ATen" not in fast
+    assert sorted(f.name for f in folder.iterdir()) == ["01_triton_red_slow_1.py", "02_triton_per_fast_2.py"]
+    assert ib.kernel_source(KERNELS, "triton_poi_other_9") is None
+
+
 def test_refuses_what_is_not_a_report(tmp_path, capsys):
     bad = tmp_path / "bw.txt"
     bad.write_text("====================\nTRITON KERNELS BANDWIDTH INFO (/c/g.py)\nnot a kernel line\n")
