@@ -55,7 +55,6 @@ try:  # one training step has its own module since 2026-11-23
 except ImportError:  # an older checkout (PGOLF_SRC): micro-steps only
     from pgolf.train.loop import autocast_ctx, next_micro_batch
     TrainStep = None
-from inductor_bandwidth import allow_profiling_on_torch_2_11
 from step_timer import kernel_table, sync, time_steps
 # isort: on
 
@@ -144,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
                         "optimizers and EMA; pgolf.train.step.TrainStep), not one micro-step")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
-    if os.environ.get("TORCHINDUCTOR_PROFILE"):
+    if os.environ.get("TORCHINDUCTOR_PROFILE"):  # only then: the report reader and its pgolf imports
+        from inductor_bandwidth import allow_profiling_on_torch_2_11
+
         allow_profiling_on_torch_2_11()
     if args.full_step and TrainStep is None:
         p.error("--full-step needs a checkout with pgolf/train/step.py (PGOLF_SRC is older)")
