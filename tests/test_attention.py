@@ -440,8 +440,7 @@ def test_gates_stay_fp32_in_the_training_cast():
 def test_compiles_fullgraph_with_every_attention_technique(backend):
     torch._dynamo.reset()
     m = perturb(build(num_layers=2, doc_isolated=True, attn_backend=backend, xsa_layers="all", xsa_gated=True,
-                      attn_out_gate_width=8, rope_dims=4, rope_scaling="yarn", rope_train_seq_len=8, fused_qkv=True,
-                      attn_gate_pointwise=True))
+                      attn_out_gate_width=8, rope_dims=4, rope_scaling="yarn", rope_train_seq_len=8, fused_qkv=True))
     x = tokens(bos_at=(0, 9))
     with torch.no_grad():  # FlexAttention has no CPU backward; the GPU test below covers training
         eager = m.logits(x)

@@ -116,10 +116,6 @@ class ModelConfig:
     # XSA and the attention output gate as one op whose backward is one pass over d out, y and v (on CUDA a Triton
     # kernel), instead of the several kernels autograd's composition compiles to (same math; model/xsa_gate.py)
     fused_xsa_gate: bool = False
-    # the narrow attention gate (sparse_attn_gate_width / attn_out_gate_width) as a multiply-sum over its w inputs
-    # in fp32 that inductor fuses with its neighbours, instead of a (w -> heads) GEMM with its two backward GEMMs:
-    # three tiny cuBLAS kernels a layer, 0.48 of 89 ms in pr1855's micro-step on an H200 (same math; attention.py)
-    attn_gate_pointwise: bool = False
 
     def __post_init__(self) -> None:
         if self.model_dim % self.num_heads:
@@ -170,9 +166,6 @@ class ModelConfig:
         if self.gated_attn_quant_gate and not gates:
             raise ValueError("model.gated_attn_quant_gate=True quantizes attn_gate_w, which only exists with "
                              "model.gated_attn, model.sparse_attn_gate_width or model.attn_out_gate_width")
-        if self.attn_gate_pointwise and not (self.attn_out_gate_width or self.sparse_attn_gate_width):
-            raise ValueError("model.attn_gate_pointwise=True computes a narrow attention gate: it needs "
-                             "model.sparse_attn_gate_width or model.attn_out_gate_width > 0 (got neither)")
         _check_choice("model.attn_backend", self.attn_backend, ("sdpa", "flex", "varlen", "fa3", "fa4"))
         _check_choice("model.sdpa_priority", self.sdpa_priority, ("default", "cudnn"))
 

@@ -93,7 +93,6 @@ class CausalSelfAttention(nn.Module):
             self.xsa_alpha = nn.Parameter(torch.zeros(cfg.num_heads, dtype=torch.float32))
         # At most one output gate (config validation enforces it): (kind, input width, pre-sigmoid scale).
         self.gate_kind, self.gate_width, self.gate_scale = "none", 0, 1.0
-        self.gate_pointwise = cfg.attn_gate_pointwise
         if cfg.attn_out_gate_width:
             # AttnOutGate (PR #1667; w = 12 in #1880, 32 in #1969 "WiderGate32"): y_h * 2 sigmoid(W x[:w])_h,
             # W = 0, so x1 at init.
@@ -170,11 +169,7 @@ class CausalSelfAttention(nn.Module):
     def _gate(self, x: Tensor) -> Tensor:
         """Per-head multiplier (B, T, H) from the normed block input."""
         src = x if self.gate_width == x.size(-1) else x[..., : self.gate_width]
-        w = self.attn_gate_w.to(x.dtype)
-        if self.gate_pointwise:  # the GEMM's math: bf16 products are exact in fp32, summed in fp32, rounded once
-            z = (src.float().unsqueeze(-2) * w.float()).sum(-1).to(x.dtype)
-        else:
-            z = F.linear(src, w)
+        z = F.linear(src, self.attn_gate_w.to(x.dtype))
         if self.gate_kind == "out":
             return 2.0 * torch.sigmoid(z)
         if self.gate_kind == "sparse":
