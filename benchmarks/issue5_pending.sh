@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One device call for what is built but not yet timed on a GPU, each step time-boxed:
 #   1. GPU tests of VARIANT's switch (TESTS: the compiled bf16 model against the plain one);
-#   2. pr1855's micro-step (as shipped) against the same with VARIANT (model.attn_gate_pointwise), before the loops
-#      (progress 0.0, with one profiled step listing its 60 largest kernels) and after them (1.0)
+#   2. pr1855's micro-step (as shipped) against the same with VARIANT, before the loops (progress 0.0) and after them
+#      (1.0), each with one profiled step listing its 60 largest kernels (after the loops: is the norm backward that
+#      inductor's profile times at 210 GB/s, README "Measured", as slow in the step?)
 #      (model_step_bench.py; attention backend from ATTN, default varlen since fa4 needs a call of its own);
 #   3. one export of the initialized pr1855 (export_time.py, GPTQ on): calibration, quantization and write times;
 #   4. the row-op kernels alone (rowop_bench.py --sweep): xsa_gate and norm_rope against inductor's composed ops,
@@ -10,21 +11,24 @@
 #   5. inductor's own kernels of the preset's compiled micro-step, each timed alone against the bytes it moves
 #      (TORCHINDUCTOR_PROFILE, ranked by benchmarks/inductor_bandwidth.py into inductor_bandwidth_p*.json): which
 #      fusions lose the most time against the HBM floor, before and after the loops, with the top kernels' Triton
-#      source and the model ops fused into each (kernels_p*/; about 4 minutes);
+#      source and the model ops fused into each (kernels_p*.tar.xz; about 4 minutes);
 #   6. pr1855's micro-step after the loops (where 65% of a run is spent) at larger micro-batches: 131,072 tokens, and
 #      196,608 with model.fused_mlp_sign_bits (which cut the peak from 37.9 to 31.7 GiB at 98,304, so that 196,608
-#      should fit an 80 GB H100) against the preset's 98,304 (about 5 minutes).
+#      should fit an 80 GB H100) against the preset's 98,304 (about 5 minutes);
+#   7. the generated modules (Triton source, with the ATen ops fused into each kernel) that define KERNEL, one name
+#      from step 5's ranking, compiled at PROGRESS (default 1.0), as graph_sources.tar.xz (about 2 minutes).
 # Turn a variant on in pr1855 only if step 2 shows it faster in both phases and a whole run with fa4 and CUDA graphs
 # agrees (issue5_throughput.sh). norm_rope_kernel did not pass (README, "Measured"). A change without a config
 # switch: issue5_looped_ab.sh with OLD_SRC (the last commit's src, carried) times both checkouts in one call.
 #
 #   carry: .whl .carry      command: bash benchmarks/issue5_pending.sh           (about 6 minutes on one H200)
-#   env:   STEPS="1 2" (steps 4, 5 and 6 in calls of their own: STEPS=4, about 3 minutes; STEPS=5, about 4; STEPS=6,
-#          about 5)
+#   env:   STEPS="1 2" (steps 4 to 7 in calls of their own: STEPS=4, about 3 minutes; STEPS=5, about 4; STEPS=6,
+#          about 5; STEPS=7 KERNEL=<name> [PROGRESS=1.0], about 2)
 #          ATTN=varlen | PRESET=pr1855
-#          DATA=data/proxy_sp8192 | TESTS="tests/test_attn_gate_pointwise.py"
-#          VARIANT=gp:model.attn_gate_pointwise=true (NAME:key=value,key=value against the preset as is; earlier:
-#          nrk:model.norm_rope_kernel=true, sb:model.fused_mlp_sign_bits=true, both measured on 2026-12-04)
+#          DATA=data/proxy_sp8192 | TESTS="tests/test_fused_mlp_sign_bits.py"
+#          VARIANT=m196sb:train.micro_batch_tokens=196608,model.fused_mlp_sign_bits=true (NAME:key=value,key=value
+#          against the preset as is; earlier: nrk:model.norm_rope_kernel=true, sb:model.fused_mlp_sign_bits=true,
+#          gp:model.attn_gate_pointwise=true (reverted), all measured on 2026-12-04)
 #          SKIP_SETUP=1: do not source device_env.sh (a CPU dry run:
 #          OUT=/tmp/o SKIP_SETUP=1 PRESET=tiny DATA=data/demo_sp1024 VARIANT=eager:train.compile=false STEPS="2 3" \
 #          bash benchmarks/issue5_pending.sh)
@@ -32,8 +36,8 @@
 set -uo pipefail
 OUT="${OUT:?set OUT}"
 STEPS="${STEPS:-1 2}" ATTN="${ATTN:-varlen}" PRESET="${PRESET:-pr1855}" DATA="${DATA:-data/proxy_sp8192}"
-VARIANT="${VARIANT:-gp:model.attn_gate_pointwise=true}"
-TESTS="${TESTS:-tests/test_attn_gate_pointwise.py}"
+VARIANT="${VARIANT:-m196sb:train.micro_batch_tokens=196608,model.fused_mlp_sign_bits=true}"
+TESTS="${TESTS:-tests/test_fused_mlp_sign_bits.py}"
 mkdir -p "$OUT"
 if [ -z "${SKIP_SETUP:-}" ]; then
   source benchmarks/device_env.sh sp8192 > "$OUT/setup.log" 2>&1 || { tail -5 "$OUT/setup.log"; exit 1; }
@@ -54,10 +58,9 @@ if step 1; then
 fi
 if step 2; then
   for p in 0.0 1.0; do
-    prof=(); [ "$p" = 0.0 ] && prof=(--kernels 1 --top 60)
     run "model_step_p$p" 230 python3 benchmarks/model_step_bench.py --preset "$PRESET" --data "$DATA" \
       --device "$DEVICE" --progress "$p" --set "model.attn_backend=$ATTN" --variant base \
-      --variant "$VARIANT" --warmup 3 --iters 12 "${prof[@]}" --out "$OUT/model_step_p$p.json"
+      --variant "$VARIANT" --warmup 3 --iters 12 --kernels 1 --top 60 --out "$OUT/model_step_p$p.json"
   done
 fi
 if step 3; then
@@ -75,6 +78,8 @@ if step 5; then
       --set "model.attn_backend=$ATTN" --variant base --warmup 1 --iters 1 --out "$OUT/inductor_bw_step_p$p.json"
     run "inductor_bandwidth_p$p" 60 python3 benchmarks/inductor_bandwidth.py "$OUT/inductor_bw_p$p.txt" \
       --gpu "${gpu:-H200}" --out "$OUT/inductor_bandwidth_p$p.json" --sources "$OUT/kernels_p$p"
+    # one archive: the device brings back only so many files from $OUT
+    tar -cJf "$OUT/kernels_p$p.tar.xz" -C "$OUT" "kernels_p$p" 2>/dev/null && rm -rf "$OUT/kernels_p$p"
   done
 fi
 if step 6; then
@@ -83,5 +88,16 @@ if step 6; then
     --variant m131:train.micro_batch_tokens=131072 \
     --variant m196sb:train.micro_batch_tokens=196608,model.fused_mlp_sign_bits=true \
     --warmup 3 --iters 8 --out "$OUT/model_step_microbatch_p1.0.json"
+fi
+if step 7; then
+  # KERNEL (a name from step 5's ranking; kernel names are stable for the same code and settings): compile the
+  # micro-step at PROGRESS in an empty inductor cache, then archive every generated module that defines it
+  cache=$(mktemp -d)
+  TORCHINDUCTOR_CACHE_DIR="$cache" run "graph_sources_p${PROGRESS:-1.0}" 300 python3 benchmarks/model_step_bench.py \
+    --preset "$PRESET" --data "$DATA" --device "$DEVICE" --progress "${PROGRESS:-1.0}" \
+    --set "model.attn_backend=$ATTN" --variant base --warmup 1 --iters 1 --out "$OUT/graph_sources_step.json"
+  grep -rl --include='*.py' "def ${KERNEL:?set KERNEL for step 7}(" "$cache" > "$OUT/graph_sources.txt"
+  tar -cJf "$OUT/graph_sources.tar.xz" -T "$OUT/graph_sources.txt" 2>/dev/null
+  echo "$(wc -l < "$OUT/graph_sources.txt") module(s) define $KERNEL"
 fi
 exit $rc
