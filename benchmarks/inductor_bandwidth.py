@@ -16,6 +16,13 @@ when TORCHINDUCTOR_PROFILE is set (that torch's profiler fails every compile wit
 ``--sources DIR`` copies, for each kernel ranked in the JSON, what inductor wrote about it in its graph module (the
 report names that file): the comment with its source nodes and ATen ops, then its Triton source, as
 ``DIR/NN_<kernel>.py``; ranked rows get a ``source`` field (null when the module is gone).
+
+``--step model_step.json [--variant base]`` checks the report against a profiled step of the same code and settings
+(`model_step_bench.py --kernels N`: each kernel's GPU time in real steps; kernel names are stable across compiles):
+per kernel found in both, its time alone against its time in the step, ranked by the time the step loses against
+the floor. Alone is not always like in the step: the profile feeds each kernel random floats and integer inputs of
+zero (torch._dynamo.testing.rand_strided), so an embedding backward's atomic adds all land on row 0 (pr1855 on an
+H200: 0.997 ms alone, 0.264 ms in the step), and launch latency weighs on the smallest kernels.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import argparse
 import functools
 import inspect
+import json
 import re
 import sys
 from collections import defaultdict
@@ -141,6 +149,56 @@ def rank(graphs: dict[str, list[tuple[float, float, str]]], peak_gbs: float, top
             "top": rows[:top]}
 
 
+STEP_NAME_CUT = 160  # model_step_bench.py keeps kernel names to this many characters
+
+
+def against_step(graphs: dict[str, list[tuple[float, float, str]]], step_kernels: list[dict], peak_gbs: float,
+                 top: int = 40) -> dict:
+    """Report kernels (summed over their calls and graphs) joined with a profiled step's kernel list
+    ({name, calls_per_step, us_per_step}; a name cut at STEP_NAME_CUT matches the report names it begins).
+    Per row: ms alone, ms in the step, GB, the step's GB/s and ms lost against the floor, alone / step."""
+    alone: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])
+    for calls in graphs.values():
+        for ms, gb, name in calls:
+            a = alone[name]
+            a[0] += ms
+            a[1] += gb
+            a[2] += 1
+    rows, seen = [], set()
+    for k in step_kernels:
+        name = k["name"]
+        names = [n for n in alone if n == name or (len(name) >= STEP_NAME_CUT and n.startswith(name))]
+        if not names:
+            continue  # cuBLAS, attention, pgolf's own kernels, or another compile's names
+        seen.update(names)
+        ms, gb, calls = (sum(alone[n][i] for n in names) for i in range(3))
+        step_ms = k["us_per_step"] / 1e3
+        floor_ms = gb / peak_gbs * 1e3
+        rows.append({"kernel": names[0] if len(names) == 1 else name, "report_names": len(names),
+                     "calls": calls, "step_calls": k["calls_per_step"], "alone_ms": round(ms, 4),
+                     "step_ms": round(step_ms, 4), "gb": round(gb, 4),
+                     "step_gb_per_s": round(gb / step_ms * 1e3, 1) if step_ms else None,
+                     "step_lost_ms": round(max(0.0, step_ms - floor_ms), 4),
+                     "alone_over_step": round(ms / step_ms, 2) if step_ms else None})
+    rows.sort(key=lambda r: r["step_lost_ms"], reverse=True)
+    missing_ms = sum(a[0] for n, a in alone.items() if n not in seen)
+    return {"kernels_joined": len(rows), "alone_ms": round(sum(r["alone_ms"] for r in rows), 3),
+            "step_ms": round(sum(r["step_ms"] for r in rows), 3),
+            "step_lost_ms": round(sum(r["step_lost_ms"] for r in rows), 3),
+            "not_in_step_list_alone_ms": round(missing_ms, 3), "top": rows[:top]}
+
+
+def step_kernel_list(path: Path, variant: str) -> list[dict]:
+    """The kernel list of `variant` in a model_step_bench.py JSON; ValueError naming what is missing."""
+    results = {r.get("variant"): r for r in json.loads(path.read_text()).get("results", [])}
+    if variant not in results:
+        raise ValueError(f"no variant {variant!r} (has {sorted(map(str, results))})")
+    kernels = results[variant].get("kernels")
+    if not kernels:
+        raise ValueError(f"variant {variant!r} has no kernel list (run model_step_bench.py with --kernels N)")
+    return kernels
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("report", type=Path, help="TORCHINDUCTOR_PROFILE_OUTPUT file")
@@ -149,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=40)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--sources", type=Path, metavar="DIR", help="write the ranked kernels' sources here")
+    p.add_argument("--step", type=Path, metavar="JSON", help="model_step_bench.py JSON with a kernel list (--kernels)")
+    p.add_argument("--variant", default="base", help="the variant of --step to compare with (default base)")
     args = p.parse_args(argv)
     if args.peak_gbs is None:
         bw = hbm_bandwidth(args.gpu)
@@ -164,6 +224,13 @@ def main(argv: list[str] | None = None) -> int:
     if not graphs:
         p.error(f"{args.report}: no 'TRITON KERNELS BANDWIDTH INFO' block (no compiled graph ran on a GPU?)")
     res = {"report": str(args.report), **rank(graphs, args.peak_gbs, args.top)}
+    if args.step:
+        try:
+            step_kernels = step_kernel_list(args.step, args.variant)
+        except (OSError, ValueError) as e:
+            p.error(f"--step {args.step}: {e}")
+        res["step"] = {"file": str(args.step), "variant": args.variant,
+                       **against_step(graphs, step_kernels, args.peak_gbs, args.top)}
     if args.sources:
         write_sources(res["top"], {Path(g).name: g for g in graphs}, args.sources)
     atomic_write_json(args.out, res)
@@ -172,6 +239,14 @@ def main(argv: list[str] | None = None) -> int:
     for r in res["top"][:15]:
         print(f"  {r['lost_ms']:8.3f} ms lost  {r['ms']:8.3f} ms  {r['gb_per_s']:8.1f} GB/s  x{r['calls']}  "
               f"{r['kernel'][:90]}")
+    if "step" in res:
+        st = res["step"]
+        print(f"in the step ({st['file']}, {st['variant']}): {st['kernels_joined']} of these kernels take "
+              f"{st['step_ms']:.2f} ms against {st['alone_ms']:.2f} alone, {st['step_lost_ms']:.2f} ms above the floor")
+        for r in st["top"][:15]:
+            flag = "  (alone >2x the step)" if (r["alone_over_step"] or 0) > 2 else ""
+            print(f"  {r['step_lost_ms']:8.3f} ms lost  {r['step_ms']:8.3f} ms (alone {r['alone_ms']:.3f})  "
+                  f"{r['step_gb_per_s'] or 0:8.1f} GB/s  {r['kernel'][:80]}{flag}")
     print(f"wrote {args.out}")
     return 0
 

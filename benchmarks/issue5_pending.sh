@@ -11,7 +11,9 @@
 #   5. inductor's own kernels of the preset's compiled micro-step, each timed alone against the bytes it moves
 #      (TORCHINDUCTOR_PROFILE, ranked by benchmarks/inductor_bandwidth.py into inductor_bandwidth_p*.json): which
 #      fusions lose the most time against the HBM floor, before and after the loops, with the top kernels' Triton
-#      source and the model ops fused into each (kernels_p*.tar.xz; about 4 minutes);
+#      source and the model ops fused into each (kernels_p*.tar.xz; about 4 minutes); joined with step 2's kernel
+#      lists when they are in $OUT (else locally: inductor_bandwidth.py REPORT --step model_step_p*.json), since
+#      the profile times each kernel alone on synthetic inputs;
 #   6. pr1855's micro-step after the loops (where 65% of a run is spent) at larger micro-batches: 131,072 tokens, and
 #      196,608 with model.fused_mlp_sign_bits (which cut the peak from 37.9 to 31.7 GiB at 98,304, so that 196,608
 #      should fit an 80 GB H100) against the preset's 98,304 (about 5 minutes);
@@ -76,10 +78,11 @@ if step 5; then
     TORCHINDUCTOR_PROFILE=1 TORCHINDUCTOR_PROFILE_OUTPUT="$OUT/inductor_bw_p$p.txt" run "inductor_bw_step_p$p" 240 \
       python3 benchmarks/model_step_bench.py --preset "$PRESET" --data "$DATA" --device "$DEVICE" --progress "$p" \
       --set "model.attn_backend=$ATTN" --variant base --warmup 1 --iters 1 --out "$OUT/inductor_bw_step_p$p.json"
+    join=(); [ -f "$OUT/model_step_p$p.json" ] && join=(--step "$OUT/model_step_p$p.json")  # step 2's kernel list
     run "inductor_bandwidth_p$p" 60 python3 benchmarks/inductor_bandwidth.py "$OUT/inductor_bw_p$p.txt" \
-      --gpu "${gpu:-H200}" --out "$OUT/inductor_bandwidth_p$p.json" --sources "$OUT/kernels_p$p"
+      --gpu "${gpu:-H200}" --out "$OUT/inductor_bandwidth_p$p.json" --sources "$OUT/kernels_p$p" "${join[@]}"
     # one archive: the device brings back only so many files from $OUT
-    tar -cJf "$OUT/kernels_p$p.tar.xz" -C "$OUT" "kernels_p$p" 2>/dev/null && rm -rf "$OUT/kernels_p$p"
+    [ -d "$OUT/kernels_p$p" ] && tar -cJf "$OUT/kernels_p$p.tar.xz" -C "$OUT" "kernels_p$p" && rm -rf "$OUT/kernels_p$p"
   done
 fi
 if step 6; then
@@ -92,12 +95,13 @@ fi
 if step 7; then
   # KERNEL (a name from step 5's ranking; kernel names are stable for the same code and settings): compile the
   # micro-step at PROGRESS in an empty inductor cache, then archive every generated module that defines it
+  : "${KERNEL:?set KERNEL for step 7}"
   cache=$(mktemp -d)
   TORCHINDUCTOR_CACHE_DIR="$cache" run "graph_sources_p${PROGRESS:-1.0}" 300 python3 benchmarks/model_step_bench.py \
     --preset "$PRESET" --data "$DATA" --device "$DEVICE" --progress "${PROGRESS:-1.0}" \
     --set "model.attn_backend=$ATTN" --variant base --warmup 1 --iters 1 --out "$OUT/graph_sources_step.json"
-  grep -rl --include='*.py' "def ${KERNEL:?set KERNEL for step 7}(" "$cache" > "$OUT/graph_sources.txt"
-  tar -cJf "$OUT/graph_sources.tar.xz" -T "$OUT/graph_sources.txt" 2>/dev/null
+  grep -rl --include='*.py' "def $KERNEL(" "$cache" > "$OUT/graph_sources.txt"
+  [ -s "$OUT/graph_sources.txt" ] && tar -cJf "$OUT/graph_sources.tar.xz" -T "$OUT/graph_sources.txt" 2>/dev/null
   echo "$(wc -l < "$OUT/graph_sources.txt") module(s) define $KERNEL"
 fi
 exit $rc

@@ -118,6 +118,42 @@ def test_refuses_what_is_not_a_report(tmp_path, capsys):
     assert not (tmp_path / "o.json").exists()
 
 
+LONG = "triton_poi_fused_embedding_dense_backward_" + "x" * 150 + "_55"  # longer than the step list keeps
+
+
+def test_joins_the_report_with_a_profiled_steps_kernel_list(tmp_path, capsys):
+    """--step: each report kernel found in model_step_bench's kernel list (a name cut at 160 characters matches the
+    report name it begins; kernels of other libraries are skipped), ranked by the time the step loses."""
+    report = tmp_path / "bw.txt"
+    write_report(report, {"fwd.py": [(0.5, 1.0, "triton_per_norm_1"), (0.5, 1.0, "triton_per_norm_1")],
+                          "bwd.py": [(1.0, 0.5, LONG), (0.2, 0.1, "triton_poi_small_2")]})
+    step = tmp_path / "step.json"
+    step.write_text(json.dumps({"results": [
+        {"variant": "base", "kernels": [
+            {"name": "nvjet_sm90_gemm", "calls_per_step": 4, "us_per_step": 900.0},
+            {"name": "triton_per_norm_1", "calls_per_step": 2, "us_per_step": 800.0},
+            {"name": LONG[:ib.STEP_NAME_CUT], "calls_per_step": 1, "us_per_step": 250.0}]},
+        {"variant": "other", "kernels": None}]}))
+    out = tmp_path / "bw.json"
+    assert ib.main([str(report), "--peak-gbs", "4000", "--out", str(out), "--step", str(step)]) == 0
+    st = json.loads(out.read_text())["step"]
+    norm, emb = st["top"]
+    assert (norm["kernel"], norm["calls"], norm["step_calls"], norm["alone_ms"], norm["step_ms"]) == \
+        ("triton_per_norm_1", 2, 2, 1.0, 0.8)
+    assert (norm["step_lost_ms"], norm["step_gb_per_s"]) == (0.3, 2500.0)  # 2 GB: 0.5 ms at 4000 GB/s
+    assert (emb["kernel"], emb["alone_ms"], emb["step_ms"], emb["alone_over_step"]) == (LONG, 1.0, 0.25, 4.0)
+    assert (st["kernels_joined"], st["step_ms"], st["alone_ms"], st["not_in_step_list_alone_ms"]) == \
+        (2, 1.05, 2.0, 0.2)
+    assert "(alone >2x the step)" in capsys.readouterr().out
+    for variant, message in (("nope", "no variant 'nope' (has ['base', 'other'])"),
+                             ("other", "variant 'other' has no kernel list (run model_step_bench.py with --kernels")):
+        with pytest.raises(SystemExit):
+            ib.main([str(report), "--peak-gbs", "4000", "--out", str(tmp_path / "x.json"), "--step", str(step),
+                     "--variant", variant])
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
+
+
 GRAPH_MODULE = '''
 calls = []
 def get_args():
