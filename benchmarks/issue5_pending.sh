@@ -15,7 +15,7 @@
 #      lists when they are in $OUT (else locally: inductor_bandwidth.py REPORT --step model_step_p*.json), since
 #      the profile times each kernel alone on synthetic inputs;
 #   6. pr1855's micro-step after the loops (where 65% of a run is spent) at larger micro-batches: 131,072 tokens, and
-#      196,608 with model.fused_mlp_sign_bits (which cut the peak from 37.9 to 31.7 GiB at 98,304, so that 196,608
+#      196,608 with model.fused_mlp_sign_bits (which cut the peak from 37.0 to 31.0 GiB at 98,304, so that 196,608
 #      should fit an 80 GB H100) against the preset's 98,304 (about 5 minutes);
 #   7. the generated modules (Triton source, with the ATen ops fused into each kernel) that define KERNEL, one name
 #      from step 5's ranking, compiled at PROGRESS (default 1.0), as graph_sources.tar.xz (about 2 minutes).

@@ -21,8 +21,8 @@ Measured (pr1855 micro-step, 98,304 tokens, H200; benchmarks/results/model_step_
 with an earlier kernel that swept each row twice: 92.77 ms against fused_ce's 92.77, peak memory 27.7 against
 29.3 GiB (no (N, V) tensor waits for the backward). That kernel took 1.51 ms per micro-batch, bound by two
 sigmoids and two exps per logit; the one-sweep kernel now used has one of each and reads the row once (also checked in
-Triton's interpreter, tests/test_fused_head_ce.py). It does not win either: 93.03 against 92.63 ms, peak 28.4 against
-30.0 GiB (model_step_fused_head_ce_onesweep_h200.json). Off by default: a choice for runs short of memory.
+Triton's interpreter, tests/test_fused_head_ce.py). It does not win either: 93.03 against 92.63 ms, peak 27.7 against
+29.3 GiB (model_step_fused_head_ce_onesweep_h200.json). Off by default: a choice for runs short of memory.
 Same limits as fused_ce: targets must be vocabulary ids (an out-of-range id gives a NaN loss) and C <= MAX_CAP;
 and V <= 16,384 (a row per program in registers; checked by ModelConfig).
 """
