@@ -26,6 +26,8 @@
 #   carry: .whl .carry      command: bash benchmarks/issue5_pending.sh           (about 6 minutes on one H200)
 #   env:   STEPS="1 2" (steps 4 to 7 in calls of their own: STEPS=4, about 3 minutes; STEPS=5, about 4; STEPS=6,
 #          about 5; STEPS=7 KERNEL=<name> [PROGRESS=1.0], about 2)
+#          P5="0.0 1.0" P5_LIMIT=240: step 5's phases and each one's time box (after the loops 240 s was too short on
+#          an H200: P5=1.0 P5_LIMIT=480)
 #          ATTN=varlen | PRESET=pr1855
 #          DATA=data/proxy_sp8192 | TESTS="tests/test_fused_mlp_sign_bits.py"
 #          VARIANT=m196sb:train.micro_batch_tokens=196608,model.fused_mlp_sign_bits=true (NAME:key=value,key=value
@@ -73,9 +75,10 @@ if step 4; then
 fi
 if step 5; then
   gpu=$(python3 -c "import torch; print(torch.cuda.get_device_name())" 2>/dev/null)
-  for p in 0.0 1.0; do
+  for p in ${P5:-0.0 1.0}; do
     rm -f "$OUT/inductor_bw_p$p.txt"  # the profiler appends
-    TORCHINDUCTOR_PROFILE=1 TORCHINDUCTOR_PROFILE_OUTPUT="$OUT/inductor_bw_p$p.txt" run "inductor_bw_step_p$p" 240 \
+    TORCHINDUCTOR_PROFILE=1 TORCHINDUCTOR_PROFILE_OUTPUT="$OUT/inductor_bw_p$p.txt" run "inductor_bw_step_p$p" \
+      "${P5_LIMIT:-240}" \
       python3 benchmarks/model_step_bench.py --preset "$PRESET" --data "$DATA" --device "$DEVICE" --progress "$p" \
       --set "model.attn_backend=$ATTN" --variant base --warmup 1 --iters 1 --out "$OUT/inductor_bw_step_p$p.json"
     join=(); [ -f "$OUT/model_step_p$p.json" ] && join=(--step "$OUT/model_step_p$p.json")  # step 2's kernel list
