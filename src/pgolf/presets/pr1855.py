@@ -42,7 +42,7 @@ Not reproduced (yet) by pgolf, so this preset is the record's training recipe, n
   on two machines, 1.146x to 1.166x (benchmarks/results/throughput_issue5_repeats_h100.json); on one H200 with
   the fold, fused_q_norm and fused_xsa_gate, 1.217x (throughput_issue5_6e597c9_h200.json); there
   ``--set train.micro_batch_tokens=196608 --set model.fused_mlp_sign_bits=true`` ran 1.1% faster than 131,072
-  (throughput_pgolf_h200_m196sb_4cdb85a.json). Through torchrun on
+  (throughput_pgolf_h200_m196sb_4cdb85a.json; one GPU only: on 8 each rank runs one micro-batch of 98,304). Through torchrun on
   2 H200 the same settings run 2.27-2.32 M tokens/s before the loops against 1.95 M in the default mode, 1.52 M
   against 1.30 M after, with no compile inside the clock (benchmarks/results/multi_gpu/; README, "Measured").
   ``attn_backend=flex`` gives the same attention, but on an H100 with torch 2.11 its compiled no-grad graph
