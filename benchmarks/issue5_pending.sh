@@ -2,7 +2,7 @@
 # One device call for what is built but not yet timed on a GPU, each step time-boxed:
 #   1. GPU tests of VARIANT's switch (TESTS: the compiled bf16 model against the plain one);
 #   2. pr1855's micro-step (as shipped) against the same with VARIANT, before the loops (progress 0.0) and after them
-#      (1.0), each with one profiled step listing its 60 largest kernels (after the loops: is the norm backward that
+#      (1.0), each with one profiled step listing its 150 largest kernels (after the loops: is the norm backward that
 #      inductor's profile times at 210 GB/s, README "Measured", as slow in the step?)
 #      (model_step_bench.py; attention backend from ATTN, default varlen since fa4 needs a call of its own);
 #   3. one export of the initialized pr1855 (export_time.py, GPTQ on): calibration, quantization and write times;
@@ -64,7 +64,7 @@ if step 2; then
   for p in 0.0 1.0; do
     run "model_step_p$p" 230 python3 benchmarks/model_step_bench.py --preset "$PRESET" --data "$DATA" \
       --device "$DEVICE" --progress "$p" --set "model.attn_backend=$ATTN" --variant base \
-      --variant "$VARIANT" --warmup 3 --iters 12 --kernels 1 --top 60 --out "$OUT/model_step_p$p.json"
+      --variant "$VARIANT" --warmup 3 --iters 12 --kernels 1 --top 150 --out "$OUT/model_step_p$p.json"
   done
 fi
 if step 3; then
