@@ -34,10 +34,13 @@ import json
 import re
 import sys
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from step_timer import KERNEL_NAME_CUT
 
 from pgolf.fileio import atomic_write_json, atomic_write_text
 from pgolf.report.flops import hbm_bandwidth
@@ -121,17 +124,23 @@ def parse_report(text: str) -> dict[str, list[tuple[float, float, str]]]:
     return graphs
 
 
+def per_kernel(calls: Iterable[tuple[float, float, str]]) -> dict[str, list[float]]:
+    """{kernel name: [ms, GB, calls]} summed over (ms, GB, name) calls."""
+    agg: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])
+    for ms, gb, name in calls:
+        a = agg[name]
+        a[0] += ms
+        a[1] += gb
+        a[2] += 1
+    return agg
+
+
 def rank(graphs: dict[str, list[tuple[float, float, str]]], peak_gbs: float, top: int = 40) -> dict:
     """Per kernel (summed over its calls in its graph): ms, GB, GB/s, share of peak, ms lost against the peak;
     totals per graph and overall."""
     rows, per_graph = [], {}
     for graph, calls in graphs.items():
-        agg: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])
-        for ms, gb, name in calls:
-            a = agg[name]
-            a[0] += ms
-            a[1] += gb
-            a[2] += 1
+        agg = per_kernel(calls)
         g_ms = sum(a[0] for a in agg.values())
         g_lost = sum(max(0.0, a[0] - a[1] / peak_gbs * 1e3) for a in agg.values())
         per_graph[Path(graph).name] = {"kernels": len(agg), "ms": round(g_ms, 3), "lost_ms": round(g_lost, 3)}
@@ -149,25 +158,16 @@ def rank(graphs: dict[str, list[tuple[float, float, str]]], peak_gbs: float, top
             "top": rows[:top]}
 
 
-STEP_NAME_CUT = 160  # model_step_bench.py keeps kernel names to this many characters
-
-
 def against_step(graphs: dict[str, list[tuple[float, float, str]]], step_kernels: list[dict], peak_gbs: float,
                  top: int = 40) -> dict:
     """Report kernels (summed over their calls and graphs) joined with a profiled step's kernel list
-    ({name, calls_per_step, us_per_step}; a name cut at STEP_NAME_CUT matches the report names it begins).
+    ({name, calls_per_step, us_per_step}; a name cut at KERNEL_NAME_CUT matches the report names it begins).
     Per row: ms alone, ms in the step, GB, the step's GB/s and ms lost against the floor, alone / step."""
-    alone: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])
-    for calls in graphs.values():
-        for ms, gb, name in calls:
-            a = alone[name]
-            a[0] += ms
-            a[1] += gb
-            a[2] += 1
+    alone = per_kernel(c for calls in graphs.values() for c in calls)
     rows, seen = [], set()
     for k in step_kernels:
         name = k["name"]
-        names = [n for n in alone if n == name or (len(name) >= STEP_NAME_CUT and n.startswith(name))]
+        names = [n for n in alone if n == name or (len(name) >= KERNEL_NAME_CUT and n.startswith(name))]
         if not names:
             continue  # cuBLAS, attention, pgolf's own kernels, or another compile's names
         seen.update(names)

@@ -94,6 +94,9 @@ def time_call(call: Callable[[], Any], device: torch.device, warmup: int, iters:
     return r
 
 
+KERNEL_NAME_CUT = 160  # characters of a kernel's name kept in kernel_table (inductor_bandwidth.py --step matches on them)
+
+
 def kernel_table(step: Callable[[], Any], device: torch.device, steps: int, top: int = 8,
                  reset: Callable[[], None] = lambda: None) -> dict:
     """`steps` profiled runs of `step` (after timing, so compiled and autotuned): ``kernels``, the `top` kernels
@@ -107,7 +110,7 @@ def kernel_table(step: Callable[[], Any], device: torch.device, steps: int, top:
             step()
         sync(device)
     rep = summarize(prof, cuda=device.type == "cuda", steps=steps, top=top)
-    return {"kernels": [{"name": r["name"][:160], "calls_per_step": r["calls"] / steps,
+    return {"kernels": [{"name": r["name"][:KERNEL_NAME_CUT], "calls_per_step": r["calls"] / steps,
                          "us_per_step": round(1e3 * r["ms_per_step"], 1)} for r in rep["top"]],
             "device_time": rep.get("device_time"), "idle_gaps": rep.get("idle_gaps"),
             "ranges": rep.get("ranges")}
