@@ -40,8 +40,6 @@ from types import ModuleType
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from step_timer import KERNEL_NAME_CUT
-
 from pgolf.fileio import atomic_write_json, atomic_write_text
 from pgolf.report.flops import hbm_bandwidth
 
@@ -163,6 +161,9 @@ def against_step(graphs: dict[str, list[tuple[float, float, str]]], step_kernels
     """Report kernels (summed over their calls and graphs) joined with a profiled step's kernel list
     ({name, calls_per_step, us_per_step}; a name cut at KERNEL_NAME_CUT matches the report names it begins).
     Per row: ms alone, ms in the step, GB, the step's GB/s and ms lost against the floor, alone / step."""
+    # imported here, not at start-up: step_timer imports torch
+    from step_timer import KERNEL_NAME_CUT
+
     alone = per_kernel(c for calls in graphs.values() for c in calls)
     rows, seen = [], set()
     for k in step_kernels:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import inductor_bandwidth as ib
 import pytest
+from step_timer import KERNEL_NAME_CUT
 
 
 def write_report(path: Path, graphs: dict[str, list[tuple[float, float, str]]]) -> None:
@@ -132,7 +133,7 @@ def test_joins_the_report_with_a_profiled_steps_kernel_list(tmp_path, capsys):
         {"variant": "base", "kernels": [
             {"name": "nvjet_sm90_gemm", "calls_per_step": 4, "us_per_step": 900.0},
             {"name": "triton_per_norm_1", "calls_per_step": 2, "us_per_step": 800.0},
-            {"name": LONG[:ib.KERNEL_NAME_CUT], "calls_per_step": 1, "us_per_step": 250.0}]},
+            {"name": LONG[:KERNEL_NAME_CUT], "calls_per_step": 1, "us_per_step": 250.0}]},
         {"variant": "other", "kernels": None}]}))
     out = tmp_path / "bw.json"
     assert ib.main([str(report), "--peak-gbs", "4000", "--out", str(out), "--step", str(step)]) == 0
