@@ -45,6 +45,9 @@ from pgolf.report.flops import hbm_bandwidth
 
 HEADER = re.compile(r"TRITON KERNELS BANDWIDTH INFO \((.*)\)")
 LINE = re.compile(r"([\d.]+)ms\s+([\d.]+) GB\s+([\d.]+)GB/s\s+([\d.]+)%\s+(\S+)")
+# characters of a kernel's name that step_timer.kernel_table keeps; a name cut there matches the report names it
+# begins (here, not in step_timer, so the join runs without torch)
+KERNEL_NAME_CUT = 160
 
 
 def default_benchmark_args(mod: ModuleType) -> ModuleType:
@@ -161,9 +164,6 @@ def against_step(graphs: dict[str, list[tuple[float, float, str]]], step_kernels
     """Report kernels (summed over their calls and graphs) joined with a profiled step's kernel list
     ({name, calls_per_step, us_per_step}; a name cut at KERNEL_NAME_CUT matches the report names it begins).
     Per row: ms alone, ms in the step, GB, the step's GB/s and ms lost against the floor, alone / step."""
-    # imported here, not at start-up: step_timer imports torch
-    from step_timer import KERNEL_NAME_CUT
-
     alone = per_kernel(c for calls in graphs.values() for c in calls)
     rows, seen = [], set()
     for k in step_kernels:

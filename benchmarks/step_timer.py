@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from inductor_bandwidth import KERNEL_NAME_CUT  # noqa: E402
 from pgolf.fileio import atomic_write_json  # noqa: E402
 from pgolf.train.profile import activities, summarize
 
@@ -92,9 +93,6 @@ def time_call(call: Callable[[], Any], device: torch.device, warmup: int, iters:
         return {"error": f"{type(e).__name__}: {str(e)[:300]}"}
     r.pop("last")
     return r
-
-
-KERNEL_NAME_CUT = 160  # characters of a kernel's name kept in kernel_table (inductor_bandwidth.py --step matches on them)
 
 
 def kernel_table(step: Callable[[], Any], device: torch.device, steps: int, top: int = 8,

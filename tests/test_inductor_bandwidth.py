@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import inductor_bandwidth as ib
 import pytest
-from step_timer import KERNEL_NAME_CUT
 
 
 def write_report(path: Path, graphs: dict[str, list[tuple[float, float, str]]]) -> None:
@@ -133,7 +134,7 @@ def test_joins_the_report_with_a_profiled_steps_kernel_list(tmp_path, capsys):
         {"variant": "base", "kernels": [
             {"name": "nvjet_sm90_gemm", "calls_per_step": 4, "us_per_step": 900.0},
             {"name": "triton_per_norm_1", "calls_per_step": 2, "us_per_step": 800.0},
-            {"name": LONG[:KERNEL_NAME_CUT], "calls_per_step": 1, "us_per_step": 250.0}]},
+            {"name": LONG[:ib.KERNEL_NAME_CUT], "calls_per_step": 1, "us_per_step": 250.0}]},
         {"variant": "other", "kernels": None}]}))
     out = tmp_path / "bw.json"
     assert ib.main([str(report), "--peak-gbs", "4000", "--out", str(out), "--step", str(step)]) == 0
@@ -153,6 +154,22 @@ def test_joins_the_report_with_a_profiled_steps_kernel_list(tmp_path, capsys):
                      "--variant", variant])
         assert message in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_the_step_join_runs_without_torch(tmp_path):
+    """The join is run where the results were fetched, often by a Python without torch: `import torch` must fail
+    there and the join still write its JSON (c6d0e67 imported step_timer, and so torch, for the name cut)."""
+    report, step, out = tmp_path / "bw.txt", tmp_path / "step.json", tmp_path / "bw.json"
+    write_report(report, {"g.py": [(0.5, 1.0, "triton_per_norm_1")]})
+    step.write_text(json.dumps({"results": [{"variant": "base", "kernels": [
+        {"name": "triton_per_norm_1", "calls_per_step": 1, "us_per_step": 400.0}]}]}))
+    script = Path(ib.__file__)
+    argv = [str(script), str(report), "--peak-gbs", "4000", "--out", str(out), "--step", str(step)]
+    code = (f"import runpy, sys; sys.modules['torch'] = None; sys.argv = {argv!r}; "
+            f"runpy.run_path(sys.argv[0], run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=script.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(out.read_text())["step"]["kernels_joined"] == 1
 
 
 GRAPH_MODULE = '''
