@@ -3,7 +3,7 @@
 FlashAttention-4 (attn_backend=fa4).
 
     python3 benchmarks/varlen_attn_bench.py --data data/proxy_sp8192 --out $OUT/varlen_attn_bench.json   # GPU
-    python3 benchmarks/varlen_attn_bench.py --device cpu --rows 512 --out /tmp/a.json   # only checks the batches
+    python3 benchmarks/varlen_attn_bench.py --device cpu --rows 8 --out /tmp/a.json     # only checks the batches
 
 One step = ``y = attn(q, k, v, cu); y.backward(g)`` on packed (N, H, D) bf16 tensors, N = 48 x 2048 tokens,
 H = 8 query heads, 4 K/V heads, D = 64 (#1855's attention at one micro-batch). The segments of each batch are those
@@ -28,9 +28,16 @@ with empty segments to a fixed count (so one compiled graph serves every batch).
                   in fp32: FA4's MHA backward stores dK/dV directly, where GQA accumulates them with fp32 atomics
                   and converts them in two postprocess kernels (21 ms of a 730 ms pr1855 step). Measured on one H100
                   at --pad-to 320: 2.844 ms against fa4's 2.409, so the model keeps the GQA backward
+    dense_cudnn, dense_flash
+                  not document-isolated: each 2048-token row fully causal, through F.scaled_dot_product_attention
+                  with cuDNN's or FlashAttention-2's kernel forced and K/V heads native (enable_gqa). A ceiling
+                  reference (they compute more: every row is one segment), not a candidate backend; not compared
+                  with fa2_varlen's values
 
-Reported per variant: median ms per step, the largest output and gradient difference from fa2_varlen relative to
-its largest value, or the error a variant raised.
+Reported per variant: median ms per step, the attention TFLOP/s it reaches and its share of the GPU's bf16 peak
+(FLOPs of the segments it attends, 6 d sum n(n+1) a batch, the formula of pgolf.report.flops, averaged over the
+batches), the largest output and gradient difference from fa2_varlen relative to its largest value, or the error a
+variant raised.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pgolf.model.attn_backends import repeat_kv, require_varlen
+from pgolf.report.flops import peak_flops
 from step_timer import bench_cli, time_steps
 
 FA4_FWD_OPTIONS = {  # keyword arguments of flash_attn.cute.interface._flash_attn_fwd
@@ -54,8 +62,16 @@ FA4_FWD_OPTIONS = {  # keyword arguments of flash_attn.cute.interface._flash_att
     "fa4_nopack": {"pack_gqa": False},
     "fa4_tile128_nopack": {"tile_mn": (128, 128), "pack_gqa": False},
 }
+DENSE = ("dense_cudnn", "dense_flash")  # full causal rows: a ceiling reference, not document-isolated
 VARIANTS = ("fa2_varlen", "cudnn_ragged", "cudnn_ragged_unpadded", "cudnn_njt", "fa4", "fa4_bwd_repeat",
-            *FA4_FWD_OPTIONS)
+            *FA4_FWD_OPTIONS, *DENSE)
+
+
+def attention_flops(cu: torch.Tensor, model_dim: int) -> float:
+    """Forward + backward FLOPs of causal attention over the segments of one batch's offsets: 6 d sum n(n+1)
+    (pgolf.report.flops: 6 t_eff d a token, t_eff = sum n(n+1) / sum n); empty padding segments add nothing."""
+    n = cu.diff().double()
+    return float(6 * model_dim * (n * (n + 1)).sum())
 
 
 def segment_batches(tokens: np.ndarray, rows: int, seq_len: int, bos_id: int, count: int, pad_to: int
@@ -159,6 +175,19 @@ def make_fn(variant: str, heads: int, seq_len: int):
             return lambda q, k, v, cu: FA4RepeatKVBackward.apply(q, k, v, cu, seq_len, {})
         return lambda q, k, v, cu: torch.ops.pgolf.fa4_varlen_fwd(q, k, v, cu, seq_len)[0]
 
+    if variant in DENSE:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        backend = SDPBackend.CUDNN_ATTENTION if variant == "dense_cudnn" else SDPBackend.FLASH_ATTENTION
+
+        def dense(q, k, v, cu):  # cu ignored: every row is one causal segment
+            rows = [t.view(-1, seq_len, t.size(1), t.size(2)).transpose(1, 2) for t in (q, k, v)]
+            with sdpa_kernel([backend]):
+                out = torch.nn.functional.scaled_dot_product_attention(*rows, is_causal=True,
+                                                                       enable_gqa=k.size(1) != heads)
+            return out.transpose(1, 2).reshape(q.shape)
+        return dense
+
     def cudnn(q, k, v, cu):
         return CudnnRagged.apply(q, *repeat_kv(k, v, heads), cu, seq_len)
 
@@ -200,6 +229,10 @@ def run(args) -> dict:
                                                  args.pad_to)]
     unpadded_cus = [c[: int((c < c[-1]).sum()) + 1] for c in cus]  # sliced once, off the timed steps
     lens = torch.cat([c.diff() for c in cus]).float()
+    d = args.heads * args.head_dim
+    varlen_flops = sum(attention_flops(c, d) for c in cus) / len(cus)
+    dense_flops = attention_flops(torch.arange(0, n + 1, args.seq_len), d)
+    peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
     gen = torch.Generator(device=device).manual_seed(0)
     q = torch.randn(n, args.heads, args.head_dim, device=device, dtype=dtype, generator=gen).requires_grad_()
     k = torch.randn(n, args.kv_heads, args.head_dim, device=device, dtype=dtype, generator=gen).requires_grad_()
@@ -227,10 +260,16 @@ def run(args) -> dict:
             r = {"error": f"{type(e).__name__}: {str(e)[:300]} (at {Path(where.filename).name}:{where.lineno})"}
         r.pop("last", None)
         if "error" not in r:
-            outputs[variant] = r.pop("check")
+            check = r.pop("check")
+            if variant not in DENSE:
+                outputs[variant] = check
+            flops = dense_flops if variant in DENSE else varlen_flops
+            r["attn_tflops"] = round(flops / r["ms_median"] / 1e9, 1)
+            if peak:
+                r["of_peak"] = round(flops / r["ms_median"] * 1e3 / peak, 4)
         results.append({"variant": variant, **r})
-        print(f"{variant:13s} " + (f"{r['ms_median']:8.3f} ms  peak {r['peak_mib']} MiB" if "error" not in r
-                                   else r["error"]), flush=True)
+        print(f"{variant:13s} " + (f"{r['ms_median']:8.3f} ms  {r['attn_tflops']:6.1f} TFLOP/s  peak {r['peak_mib']} MiB"
+                                   if "error" not in r else r["error"]), flush=True)
     ref = outputs.get("fa2_varlen")
     for r in results:
         if ref is not None and r["variant"] in outputs:
@@ -244,6 +283,8 @@ def run(args) -> dict:
             "torch": torch.__version__, "tokens": n, "heads": args.heads, "kv_heads": args.kv_heads,
             "head_dim": args.head_dim, "source": source, "batches": len(cus), "pad_to": args.pad_to,
             "segments_mean_len": round(lens[lens > 0].mean().item(), 1), "segments_max_len": int(lens.max()),
+            "attn_gflops_per_step": {"segments": round(varlen_flops / 1e9, 1), "dense": round(dense_flops / 1e9, 1)},
+            "peak_flops": peak,
             "warmup": args.warmup, "iters": args.iters, "results": results}
 
 

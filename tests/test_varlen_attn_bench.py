@@ -91,3 +91,30 @@ def test_fa4_bwd_repeat_runs_the_backward_on_query_heads_and_keeps_fa4s_gradient
     torch.testing.assert_close(out, ref)
     for a, b, name in zip(grads, ref_grads, "qkv"):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=f"d{name}")
+
+
+def test_attention_flops_count_each_segments_causal_pairs():
+    import torch
+
+    cu = torch.tensor([0, 1, 4, 5, 8, 12, 12], dtype=torch.int32)  # lengths 1, 3, 1, 3, 4 and one empty pad
+    assert bench.attention_flops(cu, model_dim=2) == 6 * 2 * (2 + 12 + 2 + 12 + 20)
+    rows = torch.arange(0, 12 + 1, 4)  # the dense variants: every 4-token row one segment
+    assert bench.attention_flops(rows, model_dim=2) == 6 * 2 * 3 * 20
+
+
+def test_dense_reference_attends_each_row_causally_with_grouped_kv_heads():
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    rows, t, heads, kv, dim = 3, 5, 4, 2, 8
+    q, k, v = (torch.randn(rows * t, h, dim, generator=g) for h in (heads, kv, kv))
+    out = bench.make_fn("dense_flash", heads=heads, seq_len=t)(q, k, v, None)
+    want = torch.empty_like(q)
+    for r in range(rows):
+        s = slice(r * t, (r + 1) * t)
+        for h in range(heads):
+            kh = h // (heads // kv)  # query head h reads K/V head h // group, as repeat_kv lays them out
+            w = (q[s, h] @ k[s, kh].T) / dim ** 0.5
+            w = w.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
+            want[s, h] = w @ v[s, kh]
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
