@@ -2,8 +2,8 @@
 # One device call for what is built but not yet timed on a GPU, each step time-boxed:
 #   1. GPU tests of VARIANT's switch (TESTS: the compiled bf16 model against the plain one);
 #   2. pr1855's micro-step (as shipped) against the same with VARIANT, before the loops (progress 0.0) and after them
-#      (1.0), each with one profiled step listing its 150 largest kernels (after the loops: is the norm backward that
-#      inductor's profile times at 210 GB/s, README "Measured", as slow in the step?)
+#      (1.0), each with one profiled step listing its 150 largest kernels, to join with step 5's profile (the norm
+#      backward that profile timed at 1.91 ms after the loops takes 0.092 ms in the step: README, "Measured")
 #      (model_step_bench.py; attention backend from ATTN, default varlen since fa4 needs a call of its own);
 #   3. one export of the initialized pr1855 (export_time.py, GPTQ on): calibration, quantization and write times;
 #   4. the row-op kernels alone (rowop_bench.py --sweep): xsa_gate and norm_rope against inductor's composed ops,
