@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from inductor_bandwidth import KERNEL_NAME_CUT  # noqa: E402
+
 from pgolf.fileio import atomic_write_json  # noqa: E402
 from pgolf.train.profile import activities, summarize
 

@@ -268,8 +268,9 @@ def run(args) -> dict:
             if peak:
                 r["of_peak"] = round(flops / r["ms_median"] * 1e3 / peak, 4)
         results.append({"variant": variant, **r})
-        print(f"{variant:13s} " + (f"{r['ms_median']:8.3f} ms  {r['attn_tflops']:6.1f} TFLOP/s  peak {r['peak_mib']} MiB"
-                                   if "error" not in r else r["error"]), flush=True)
+        shown = r["error"] if "error" in r else \
+            f"{r['ms_median']:8.3f} ms  {r['attn_tflops']:6.1f} TFLOP/s  peak {r['peak_mib']} MiB"
+        print(f"{variant:13s} {shown}", flush=True)
     ref = outputs.get("fa2_varlen")
     for r in results:
         if ref is not None and r["variant"] in outputs:

@@ -167,7 +167,7 @@ def test_the_step_join_runs_without_torch(tmp_path):
     argv = [str(script), str(report), "--peak-gbs", "4000", "--out", str(out), "--step", str(step)]
     code = (f"import runpy, sys; sys.modules['torch'] = None; sys.argv = {argv!r}; "
             f"runpy.run_path(sys.argv[0], run_name='__main__')")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=script.parent)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=script.parent, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(out.read_text())["step"]["kernels_joined"] == 1
 
