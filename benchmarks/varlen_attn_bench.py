@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pgolf.model.attn_backends import repeat_kv, require_varlen
-from pgolf.report.flops import peak_flops
+from pgolf.report.flops import attention_flops_per_token, causal_t_eff, peak_flops
 from step_timer import bench_cli, time_steps
 
 FA4_FWD_OPTIONS = {  # keyword arguments of flash_attn.cute.interface._flash_attn_fwd
@@ -68,10 +68,10 @@ VARIANTS = ("fa2_varlen", "cudnn_ragged", "cudnn_ragged_unpadded", "cudnn_njt", 
 
 
 def attention_flops(cu: torch.Tensor, model_dim: int) -> float:
-    """Forward + backward FLOPs of causal attention over the segments of one batch's offsets: 6 d sum n(n+1)
-    (pgolf.report.flops: 6 t_eff d a token, t_eff = sum n(n+1) / sum n); empty padding segments add nothing."""
-    n = cu.diff().double()
-    return float(6 * model_dim * (n * (n + 1)).sum())
+    """Forward + backward FLOPs of causal attention over the segments of one batch's offsets, as the MFU counts
+    them (pgolf.report.flops): 6 t_eff d a token, t_eff = sum n(n+1) / sum n; empty padding segments add nothing."""
+    n = cu.diff().numpy()
+    return attention_flops_per_token(1, causal_t_eff(n), model_dim) * float(n.sum())
 
 
 def segment_batches(tokens: np.ndarray, rows: int, seq_len: int, bos_id: int, count: int, pad_to: int
