@@ -100,7 +100,8 @@ def kernel_table(step: Callable[[], Any], device: torch.device, steps: int, top:
                  reset: Callable[[], None] = lambda: None) -> dict:
     """`steps` profiled runs of `step` (after timing, so compiled and autotuned): ``kernels``, the `top` kernels
     with name, calls and µs per step (device time on CUDA, each kernel once, as ``pgolf.train.profile.summarize``
-    counts), and on CUDA ``device_time``, the GPU's span, busy and idle ms per step (``profile.device_busy``), and
+    counts), ``kinds``, the ms per step of every kernel by kind (matmul, attention, fused, ...: the input of
+    ``pgolf.report.throughput.mfu_budget``), and on CUDA ``device_time``, the GPU's span, busy and idle ms per step (``profile.device_busy``), and
     ``idle_gaps``, where that idle falls (``profile.idle_gaps``), and ``ranges``, the GPU ms of each annotated range
     (``profile.range_spans``: the optimizers, clip, EMA)."""
     with torch.profiler.profile(activities=activities(device)) as prof:
@@ -111,5 +112,6 @@ def kernel_table(step: Callable[[], Any], device: torch.device, steps: int, top:
     rep = summarize(prof, cuda=device.type == "cuda", steps=steps, top=top)
     return {"kernels": [{"name": r["name"][:KERNEL_NAME_CUT], "calls_per_step": r["calls"] / steps,
                          "us_per_step": round(1e3 * r["ms_per_step"], 1)} for r in rep["top"]],
+            "kinds": {k: round(v["ms_per_step"], 4) for k, v in rep["kinds"].items()},
             "device_time": rep.get("device_time"), "idle_gaps": rep.get("idle_gaps"),
             "ranges": rep.get("ranges")}

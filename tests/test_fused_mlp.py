@@ -246,6 +246,8 @@ def test_bench_writes_json_on_cpu(tmp_path):
     kernels = r["results"][0]["kernels"]  # on CPU: the ops' own CPU time, the matmuls among them
     assert 0 < len(kernels) <= 8 and all(k["us_per_step"] > 0 for k in kernels)
     assert any("mm" in k["name"] for k in kernels)
+    kinds = r["results"][0]["kinds"]  # every op by kind, not only the listed ones
+    assert kinds["matmul"] > 0 and sum(kinds.values()) >= sum(k["us_per_step"] for k in kernels) / 1e3 - 1e-3
 
 
 def test_calibration_hooks_see_the_mlp_inputs_when_fused():
