@@ -355,7 +355,7 @@ def measure(args) -> dict[str, Any]:
     dev = device_name()
     peak = peak_flops(dev)
     record_cfg = get_preset("pr1855")
-    tokens = read_tokens(train_files, max_tokens=20_000_000)
+    tokens = read_tokens(train_files)  # T_EFF_SCAN_TOKENS, as summary.json's MFU
     t_eff = t_eff_from_tokens(tokens, record_cfg.model.bos_id, record_cfg.train.seq_len)
     result: dict[str, Any] = {
         "what": "training tokens/s and MFU: pgolf preset vs record #1855 train_gpt.py, same shards, cap and GPU",

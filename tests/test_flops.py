@@ -116,6 +116,24 @@ def test_t_eff_from_files_reads_official_shards(tmp_path):
         F.read_tokens([bad])
 
 
+def test_summary_json_and_throughput_measure_t_eff_on_the_same_prefix(tmp_path, monkeypatch):
+    """summary_flops (summary.json's MFU) and throughput.py (read_tokens' default) scan T_EFF_SCAN_TOKENS tokens:
+    they had scanned 8 M and 20 M, and counted different attention FLOPs for one run."""
+    from pgolf.data.shards import write_shard
+    from pgolf.presets import get_preset
+
+    toks = np.array([1, 4, 4, 4, 1, 5, 5, 1] + [6] * 40, dtype=np.uint16)  # a long document after 20 tokens
+    path = tmp_path / "fineweb_train_000000.bin"
+    write_shard(path, toks)
+    monkeypatch.setattr(F, "T_EFF_SCAN_TOKENS", 20)
+    assert F.read_tokens([path]).tolist() == toks[:20].tolist()
+    cfg = get_preset("pr1855")
+    assert cfg.model.doc_isolated
+    out = F.summary_flops(cfg, [], steps=0, train_time_s=0.0, train_files=[path])
+    assert out["t_eff"] == pytest.approx(F.t_eff_from_tokens(toks[:20], cfg.model.bos_id, cfg.train.seq_len))
+    assert out["t_eff"] != pytest.approx(F.t_eff_from_tokens(toks, cfg.model.bos_id, cfg.train.seq_len))
+
+
 def test_flat_steps_from_the_logged_curve():
     pts = [(5, 1.0), (10, 2.0), (15, 3.0)]
     assert F.flat_steps(pts, 15, switch_time=2.5) == pytest.approx(12.5)

@@ -109,12 +109,18 @@ def t_eff_from_tokens(tokens: np.ndarray, bos_id: int, seq_len: int) -> float:
     return causal_t_eff(doc_segment_lengths(tokens, bos_id, seq_len))
 
 
-def read_tokens(files: Sequence[str | Path], max_tokens: int = 8_000_000) -> np.ndarray:
-    """Up to `max_tokens` tokens from the start of official-format shards, in file order (validated by
-    `pgolf.data.shards.read_shard`)."""
+# tokens from the start of the train shards that T_eff is measured on: summary.json's MFU and
+# benchmarks/throughput.py's must count the same FLOPs (they scanned 8 M and 20 M until 2026-12-04: 1780.7 against
+# 1789.4 on the proxy)
+T_EFF_SCAN_TOKENS = 20_000_000
+
+
+def read_tokens(files: Sequence[str | Path], max_tokens: int | None = None) -> np.ndarray:
+    """Up to `max_tokens` (default T_EFF_SCAN_TOKENS) tokens from the start of official-format shards, in file
+    order (validated by `pgolf.data.shards.read_shard`)."""
     if not files:
         raise ValueError("read_tokens: no shard files given")
-    out, left = [], int(max_tokens)
+    out, left = [], int(T_EFF_SCAN_TOKENS if max_tokens is None else max_tokens)
     for f in files:
         if left <= 0:
             break
@@ -124,8 +130,9 @@ def read_tokens(files: Sequence[str | Path], max_tokens: int = 8_000_000) -> np.
     return np.concatenate(out)
 
 
-def t_eff_from_files(files: Sequence[str | Path], bos_id: int, seq_len: int, max_tokens: int = 8_000_000) -> float:
-    """T_eff of document-isolated attention measured on (a prefix of) the training shards."""
+def t_eff_from_files(files: Sequence[str | Path], bos_id: int, seq_len: int, max_tokens: int | None = None) -> float:
+    """T_eff of document-isolated attention measured on (a prefix of, T_EFF_SCAN_TOKENS by default) the training
+    shards."""
     return t_eff_from_tokens(read_tokens(files, max_tokens), bos_id, seq_len)
 
 
