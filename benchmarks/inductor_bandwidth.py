@@ -189,12 +189,17 @@ def against_step(graphs: dict[str, list[tuple[float, float, str]]], step_kernels
             "not_in_step_list_alone_ms": round(missing_ms, 3), "top": rows[:top]}
 
 
-def step_kernel_list(path: Path, variant: str) -> list[dict]:
-    """The kernel list of `variant` in a model_step_bench.py JSON; ValueError naming what is missing."""
-    results = {r.get("variant"): r for r in json.loads(path.read_text()).get("results", [])}
+def step_result(step: dict, variant: str) -> dict:
+    """The result of `variant` in a loaded model_step_bench.py JSON; ValueError naming the variants it has."""
+    results = {r.get("variant"): r for r in step.get("results", [])}
     if variant not in results:
         raise ValueError(f"no variant {variant!r} (has {sorted(map(str, results))})")
-    kernels = results[variant].get("kernels")
+    return results[variant]
+
+
+def step_kernel_list(path: Path, variant: str) -> list[dict]:
+    """The kernel list of `variant` in a model_step_bench.py JSON; ValueError naming what is missing."""
+    kernels = step_result(json.loads(path.read_text()), variant).get("kernels")
     if not kernels:
         raise ValueError(f"variant {variant!r} has no kernel list (run model_step_bench.py with --kernels N)")
     return kernels

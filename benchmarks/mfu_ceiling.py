@@ -8,7 +8,8 @@ the HBM floor and no GPU idle (issue 5: how far 40% is from what the kernels can
 Reads one variant of a ``model_step_bench.py --kernels N`` JSON: its GPU ms per micro-step by kind (the ``kinds``
 kernel_table writes; for older files, its listed kernels classified by ``pgolf.train.profile.kind_of``) and its
 FLOPs, ``pgolf.report.flops.phase_flops`` of the preset with the file's ``--set`` values and the variant's
-overrides, the phase from ``--progress``, t_eff measured on the data's train shards (or ``--t-eff``)::
+overrides, the phase from ``--progress``, t_eff measured on the data's train shards (or ``--t-eff``); the
+efficiencies and the busy-time MFU are ``pgolf.report.throughput.mfu_budget``'s::
 
     ideal_k = FLOPs_k / peak                   (k = matmul, attention)
     MFU = (ideal_matmul + ideal_attention) / ms
@@ -29,6 +30,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from inductor_bandwidth import step_result
+
 from pgolf.config import apply_overrides
 from pgolf.fileio import atomic_write_json
 from pgolf.presets import get_preset
@@ -38,6 +41,7 @@ from pgolf.report.flops import (
     phase_flops,
     t_eff_from_files,
 )
+from pgolf.report.throughput import mfu_budget
 
 
 def step_kinds(result: dict[str, Any]) -> dict[str, float]:
@@ -57,15 +61,14 @@ def step_kinds(result: dict[str, Any]) -> dict[str, float]:
 
 
 def micro_step_flops(step: dict[str, Any], overrides: list[str], t_eff: float | None) -> dict[str, float]:
-    """Matmul and attention FLOPs of one micro-step of the file's preset, sets and `overrides`."""
-    data = step["data"]
-    base = [f"data.path={data}"] + (["data.corpus=proxy"] if Path(data).name.startswith("proxy_") else [])
-    cfg = apply_overrides(get_preset(step["preset"]), [*base, *step.get("sets", []), *overrides])
+    """Matmul and attention FLOPs of one micro-step of the file's preset, sets and `overrides` (the data settings
+    model_step_bench adds do not change them; the data folder gives t_eff)."""
+    cfg = apply_overrides(get_preset(step["preset"]), [*step.get("sets", []), *overrides])
     m = cfg.model
     if t_eff is None and m.doc_isolated:
-        files = sorted(Path(data).glob("fineweb_train_*.bin"))
+        files = sorted(Path(step["data"]).glob("fineweb_train_*.bin"))
         if not files:
-            raise ValueError(f"{data}: no train shards to measure t_eff on; give --t-eff")
+            raise ValueError(f"{step['data']}: no train shards to measure t_eff on; give --t-eff")
         t_eff = t_eff_from_files(files, m.bos_id, cfg.train.seq_len)
     pf = phase_flops(cfg, t_eff)
     looped = step["progress"] >= pf.switch_frac
@@ -78,17 +81,15 @@ def micro_step_flops(step: dict[str, Any], overrides: list[str], t_eff: float | 
 
 def ceiling(step: dict[str, Any], variant: str, attention_efficiency: float | None, join: dict | None,
             t_eff: float | None = None) -> dict[str, Any]:
-    results = {r.get("variant"): r for r in step.get("results", [])}
-    if variant not in results:
-        raise ValueError(f"no variant {variant!r} (has {sorted(map(str, results))})")
-    r = results[variant]
+    r = step_result(step, variant)
     peak = peak_flops(step.get("device") or "")
     if peak is None:
         raise ValueError(f"device {step.get('device')!r} has no bf16 peak in pgolf.report.flops")
     kinds = step_kinds(r)
     fl = micro_step_flops(step, r.get("overrides", []), t_eff)
-    ideal = {k: fl[k] / peak * 1e3 for k in ("matmul", "attention")}
-    useful, busy = sum(ideal.values()), sum(kinds.values())
+    budget = mfu_budget({k: {"ms_per_step": ms} for k, ms in kinds.items()}, fl["matmul"], fl["attention"], peak)
+    ideal = {k: budget["kinds"][k]["ideal_ms"] for k in ("matmul", "attention")}
+    useful, busy = budget["useful_ms"], budget["busy_ms"]
     scenario = dict(kinds)
     if attention_efficiency is not None:
         if not 0 < attention_efficiency <= 1:
@@ -99,9 +100,9 @@ def ceiling(step: dict[str, Any], variant: str, attention_efficiency: float | No
     total = sum(scenario.values())
     return {"variant": variant, "device": step.get("device"), "preset": step["preset"], "phase": fl["phase"],
             "tokens": fl["tokens"], "t_eff": fl["t_eff"], "peak_flops": peak,
-            "ideal_ms": ideal, "efficiency": {k: ideal[k] / kinds[k] for k in ideal if kinds.get(k)},
+            "ideal_ms": ideal, "efficiency": {k: budget["kinds"][k]["efficiency"] for k in ideal},
             "kinds_ms": kinds, "measured_ms": r["ms_median"], "busy_ms": busy,
-            "mfu": {"measured": useful / r["ms_median"], "busy": useful / busy},
+            "mfu": {"measured": useful / r["ms_median"], "busy": budget["mfu"]},
             "scenario": {"attention_efficiency": attention_efficiency, "inductor_at_floor": join is not None,
                          "kinds_ms": scenario, "busy_ms": total, "mfu": useful / total}}
 
